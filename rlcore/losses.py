@@ -393,7 +393,7 @@ def rrhf_loss(
         group = torch.zeros(num_responses, dtype=torch.long, device=logp.device)
     _, group_index = torch.unique(group, return_inverse=True)  # [N] in 0..G-1
     num_groups = int(group_index.max()) + 1
-    rewards = rewards.detach()
+    rewards = rewards.detach().to(torch.float64)  # ints allowed; exact comparisons
 
     lengths = bool_mask.sum(dim=1).clamp(min=1).to(logp.dtype)  # [N]
     scores = masked_sum(logp, bool_mask, dim=1) / lengths**length_penalty  # [N]

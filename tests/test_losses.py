@@ -354,6 +354,8 @@ def test_rrhf_closed_form():
     assert int(stats["num_ranked_pairs"]) == 3
     loss_half, _ = rrhf_loss(RRHF_LOGP, RRHF_MASK, rewards, rrhf_weight=0.5)
     close(loss_half, 5.5)
+    loss_int, _ = rrhf_loss(RRHF_LOGP, RRHF_MASK, torch.tensor([1, 0, 2]))  # integer rewards
+    close(loss_int, 8.0)
 
 
 def test_rrhf_length_penalty():
