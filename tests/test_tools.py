@@ -54,6 +54,8 @@ def test_calculator_evaluates_arithmetic(expression, value):
         ("2**100000", "exponent too large"),
         ("(10**1000)**5", "exponent too large"),
         ("10.0**400", "result too large"),
+        ("1e308 * 10", "result too large"),
+        ("1e999 - 1e999", "result too large"),
         ("1/0", "division by zero"),
         ("(-8)**0.5", "not a real number"),
         ("2 +", "not an arithmetic expression"),

@@ -108,6 +108,8 @@ def _check_power(base: Number, exponent: Number) -> None:
 def _bounded(value: Number) -> Number:
     if isinstance(value, int) and value.bit_length() > MAX_INT_BITS:
         raise ToolError("result too large")
+    if isinstance(value, float) and not math.isfinite(value):  # 1e308 * 10 is inf, not an error
+        raise ToolError("result too large")
     return value
 
 
