@@ -308,5 +308,13 @@ def read_yaml(path: str | Path) -> dict:
     return data
 
 
+def load_config(cls: type, path: str | Path | None = None, overrides: list[str] = (), ignore: tuple = ()) -> Any:
+    """Defaults of `cls`, then the YAML file (keys in `ignore` dropped), then dotted overrides."""
+    data = read_yaml(path) if path else {}
+    for key in ignore:
+        data.pop(key, None)
+    return from_dict(cls, merge(data, parse_overrides(list(overrides))))
+
+
 def to_dict(config: Any) -> dict:
     return dataclasses.asdict(config)

