@@ -43,8 +43,9 @@ class RoleConfig:
 
     num_workers: int = 1
     """Replicas of this role (an ActorGroup of this size)."""
-    num_cpus: float = 0.5
-    """Ray CPUs reserved per replica (fractions let several roles share a small machine)."""
+    num_cpus: float = 0.25
+    """Ray CPUs reserved per replica (fractions let the roles of a topology share a small machine;
+    they run one after another, each with `threads` compute threads)."""
     num_gpus: float = 0.0
     """Ray GPUs per replica (0 on CPU-only machines)."""
     resources: dict[str, float] = field(default_factory=dict)
@@ -90,7 +91,7 @@ class TaskConfig:
     name: Literal["arithmetic", "calendar"] = "arithmetic"
     """Task name."""
     seed: int = 0
-    """Task seed (fixes the train/held-out split)."""
+    """Seed of the order prompts are drawn in (the train/held-out split is fixed by the prompt alone)."""
     eval_size: int = 256
     """Held-out prompts used for greedy accuracy."""
 

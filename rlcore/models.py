@@ -1,6 +1,7 @@
 """Models: tiny offline models for laptops and CI, real Hugging Face models anywhere else.
 
-A model is named by a string. `tiny:<task>` (e.g. `tiny:arithmetic`) builds a small
+A model is named by a string. `sft:<task>` is the SFT warm start of a tiny
+model on that task (`rlcore.sft`, trained once and cached). `tiny:<task>` (e.g. `tiny:arithmetic`) builds a small
 Qwen2 causal LM with a byte-level BPE tokenizer trained on that task's corpus,
 random-initialised and deterministic by seed, and caches it on disk as an
 ordinary model folder (`AutoModelForCausalLM`, `AutoTokenizer` and vLLM load it).
@@ -23,6 +24,7 @@ from pathlib import Path
 import torch
 
 TINY_PREFIX = "tiny:"
+SFT_PREFIX = "sft:"
 SPECIAL_TOKENS = ["<pad>", "<bos>", "<eos>"]
 # The chat template of tiny models: no role markers, the user turn is the task prompt
 # itself ("12+7=") and the assistant turn its answer, closed by eos.
@@ -52,7 +54,12 @@ def cache_dir() -> Path:
 
 
 def resolve_model(name_or_path: str) -> str:
-    """A loadable path or Hub name: builds (once) and returns the folder of a `tiny:<task>` model."""
+    """A loadable path or Hub name: builds (once) and returns the folder of a `tiny:` or `sft:` model."""
+    if name_or_path.startswith(SFT_PREFIX):
+        from rlcore.sft import SFTConfig, sft_checkpoint
+
+        task = name_or_path[len(SFT_PREFIX) :]
+        return sft_checkpoint(SFTConfig(model=TINY_PREFIX + task, task=task))
     if name_or_path.startswith(TINY_PREFIX):
         return str(build_tiny_model(TinyModelSpec(task=name_or_path[len(TINY_PREFIX) :])))
     return name_or_path

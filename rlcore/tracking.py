@@ -53,3 +53,36 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
     """The rows a Tracker wrote."""
     path = Path(run_dir) / "metrics.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+class PhaseTimer:
+    """Wall time per named phase of a training step: `with timer.phase("generate"): ...`."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    def phase(self, name: str):
+        import contextlib
+
+        @contextlib.contextmanager
+        def timed():
+            start = time.perf_counter()
+            try:
+                yield
+            finally:
+                self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+
+        return timed()
+
+    def pop(self) -> dict[str, float]:
+        """The phase times since the last pop, as `time/<phase>` metrics."""
+        out = {f"time/{name}": round(value, 4) for name, value in self.seconds.items()}
+        self.seconds = {}
+        return out
+
+
+def new_run_dir(parent: str, name: str, algorithm: str) -> Path:
+    """`<parent>/<name>`, or `<parent>/<algorithm>-<timestamp>` when no name is given."""
+    path = Path(parent) / (name or f"{algorithm}-{time.strftime('%Y%m%d-%H%M%S')}")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
