@@ -46,6 +46,7 @@ def cmd_sft(args: list[str]) -> dict:
 
 
 COMMANDS = {"train": cmd_train, "sft": cmd_sft}
+COMMANDS["submit"] = lambda args: importlib.import_module("launch.submit").cmd_submit(args)  # run as a Ray job
 
 
 def main(argv: list[str] | None = None) -> int:
