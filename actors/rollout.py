@@ -26,6 +26,7 @@ NCCL (`init_weight_group` / `receive_weights`, see actors/vllm_ext.py).
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 import time
@@ -174,7 +175,8 @@ class RolloutWorker:
             )
             for i in range(len(prompt_ids))
         ]
-        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompt_ids], params, use_tqdm=False)
+        with self._eager_on_cpu():
+            outputs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompt_ids], params, use_tqdm=False)
         responses, logprobs = [], []
         for out in outputs:
             for completion in out.outputs:
@@ -218,6 +220,11 @@ class RolloutWorker:
             logprobs.append(logps[:length])
         return responses, logprobs
 
+    def _eager_on_cpu(self):
+        """vLLM torch.compiles its logprob-rank helper (a rank we never read); on CPU the first call then
+        spends 7-15 s in inductor. Run it eagerly there (this context only); GPU keeps the compiled kernel."""
+        return contextlib.nullcontext() if self.on_gpu else torch._dynamo.config.patch(disable=True)
+
     # ------------------------------------------------------------------ scoring
 
     def logprobs(self, batch: Batch) -> torch.Tensor:
@@ -242,7 +249,8 @@ class RolloutWorker:
             sequences.append(ids[real].tolist())
             lengths.append(int(real[prompt_len:].sum()))
         params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0)
-        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=s) for s in sequences], params, use_tqdm=False)
+        with self._eager_on_cpu():
+            outputs = self.llm.generate([TokensPrompt(prompt_token_ids=s) for s in sequences], params, use_tqdm=False)
         result = torch.zeros((len(batch), response_len), dtype=torch.float32)
         for row, (out, tokens, length) in enumerate(zip(outputs, sequences, lengths)):
             start = len(tokens) - length
