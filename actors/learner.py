@@ -105,6 +105,9 @@ class LearnerWorker:
         self.world_size = world_size
         self.version = 0
         """Optimizer steps taken (restored by `load`); WeightUpdates carry it."""
+        self.skipped_steps = 0
+        """Steps skipped for a non-finite loss (weights untouched)."""
+        self.consecutive_skips = 0
         self.device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
         init_torch_distributed(rank, world_size, master_addr, master_port)
 
@@ -142,25 +145,49 @@ class LearnerWorker:
         Returns the objective's stats and its loss averaged over micro-batches,
         plus `grad_norm` (before clipping, over all ranks), `lr` (the rate this
         step used) and `version` (steps taken, this one included).
+
+        A non-finite loss on any rank skips the whole step on every rank (weights
+        untouched, `skipped` = 1 in the result); more than `max_skipped_steps`
+        skips in a row raise FloatingPointError.
         """
         self.engine.train()
         lr = self.engine.get_lr()[0]
         micro_batches = batch.split(self.config.grad_accumulation)
         totals: dict[str, float] = {}
         grad_norm = None
+        skip = False
         for index, micro in enumerate(micro_batches):
             loss, stats = objective(self.engine, batch_to(micro, self.device))
+            skip = skip or not self._finite_on_all_ranks(loss)
+            if skip:  # zero gradients keep DeepSpeed's collectives in step on every rank
+                loss = sum((p * 0).sum() for p in self.engine.module.parameters() if p.requires_grad)
             self.engine.backward(loss)
-            if index == len(micro_batches) - 1 and self.config.zero_stage == 0:
+            last = index == len(micro_batches) - 1
+            if last and skip:
+                for group in self.engine.optimizer.param_groups:
+                    group["lr"] = 0.0  # AdamW with lr 0 leaves every weight as it is; the schedule resets lr
+            if last and self.config.zero_stage == 0:
                 grad_norm = self._grad_norm()  # gradients are all-reduced now; stage 0 does not record the norm
             self.engine.step()
-            for key, value in {"loss": loss, **stats}.items():
-                value = value.detach() if isinstance(value, torch.Tensor) else value
-                totals[key] = totals.get(key, 0.0) + float(value) / len(micro_batches)
+            if not skip:
+                for key, value in {"loss": loss, **stats}.items():
+                    value = value.detach() if isinstance(value, torch.Tensor) else value
+                    totals[key] = totals.get(key, 0.0) + float(value) / len(micro_batches)
+        if skip:
+            self.skipped_steps += 1
+            self.consecutive_skips += 1
+            if self.consecutive_skips > self.config.max_skipped_steps:
+                raise FloatingPointError(
+                    f"non-finite loss in {self.consecutive_skips} consecutive steps "
+                    f"(learner.max_skipped_steps={self.config.max_skipped_steps}); stopping"
+                )
+            return {"skipped": 1.0, "skipped_steps": float(self.skipped_steps), "lr": lr, "version": self.version}
+        self.consecutive_skips = 0
         if grad_norm is None:
             grad_norm = self.engine.get_global_grad_norm()
         self.version += 1
-        return {**totals, "grad_norm": float(grad_norm), "lr": lr, "version": self.version}
+        return {**totals, "grad_norm": float(grad_norm), "lr": lr, "version": self.version,
+                "skipped": 0.0, "skipped_steps": float(self.skipped_steps)}
 
     @torch.no_grad()
     def forward(self, batch: Batch, fn: Callable[[torch.nn.Module, Batch], Any]) -> Any:
@@ -220,6 +247,12 @@ class LearnerWorker:
             raise FileNotFoundError(f"no DeepSpeed checkpoint under {path}")
         self.version = int(client_state["version"])
         return self.version
+
+    def _finite_on_all_ranks(self, loss: torch.Tensor) -> bool:
+        finite = torch.tensor([float(torch.isfinite(loss.detach()).all())], device=self.device)
+        if self.world_size > 1:
+            torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
+        return bool(finite.item())
 
     def _grad_norm(self) -> float:
         grads = [p.grad.detach().float().norm() for p in self.engine.module.parameters() if p.grad is not None]

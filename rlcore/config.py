@@ -176,6 +176,8 @@ class LearnerConfig(RoleConfig):
     """DeepSpeed ZeRO stage (0-3)."""
     bf16: bool = False
     """bf16 mixed precision (GPU)."""
+    max_skipped_steps: int = 3
+    """Consecutive steps with a non-finite loss that are skipped (weights untouched) before the run stops."""
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -219,3 +219,32 @@ def test_critic_values_and_value_step(batch):
     finally:
         group.kill()
     assert losses[-1] < 0.5 * losses[0], losses
+
+
+def poisoned_objective(model, batch: Batch) -> tuple[torch.Tensor, dict]:
+    """The SFT loss, made NaN on a micro-batch holding a row tagged "poison"."""
+    loss, stats = sft_objective(model, batch)
+    if "poison" in batch.info["tag"]:
+        loss = loss * float("nan")
+    return loss, stats
+
+
+def test_non_finite_loss_skips_the_step_on_every_rank_then_stops(batch):
+    """A NaN on rank 1 only: both ranks skip (weights untouched); more than max_skipped_steps in a row raise."""
+    tagged = replace(batch, info={"tag": ["ok"] * (len(batch) - 1) + ["poison"]})
+    group = learners(num_workers=2, lr=1e-3, micro_batch_size=4, max_skipped_steps=2)
+    try:
+        before = group.run(LearnerWorker.weights)[0].tensors
+        results = gather(group.shard(LearnerWorker.train_step, tagged, poisoned_objective))
+        assert [r["skipped"] for r in results] == [1.0, 1.0]
+        after = group.run(LearnerWorker.weights)[0]
+        assert after.version == 0 and all(torch.equal(before[k], after.tensors[k]) for k in before)
+        # a clean step still trains and resets the count of consecutive skips
+        clean = gather(group.shard(LearnerWorker.train_step, batch, sft_objective))
+        assert [r["skipped"] for r in clean] == [0.0, 0.0] and clean[0]["version"] == 1
+        for _ in range(2):
+            gather(group.shard(LearnerWorker.train_step, tagged, poisoned_objective))
+        with pytest.raises(ray.exceptions.RayTaskError, match="non-finite loss in 3 consecutive steps"):
+            gather(group.shard(LearnerWorker.train_step, tagged, poisoned_objective))
+    finally:
+        group.kill()
