@@ -268,7 +268,8 @@ class RolloutWorker:
         else:
             tensors = update.tensors
             if self.base_weights is not None:
-                self.base_weights.update({k: v.detach().to("cpu", torch.float32) for k, v in tensors.items()})
+                # a copy: the received tensors may be read-only views of the object store's memory
+                self.base_weights.update({k: v.detach().to("cpu", torch.float32, copy=True) for k, v in tensors.items()})
         if self.llm is not None:
             self.llm.collective_rpc(
                 "reload_weights", kwargs={"weights_iterator": list(tensors.items()), "is_checkpoint_format": True}
