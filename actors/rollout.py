@@ -349,6 +349,7 @@ def _start_vllm(model_path: str, config: RolloutConfig, dtype: str, on_gpu: bool
     """An in-process vLLM engine; env vars are set before vLLM is first imported."""
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
     os.environ["VLLM_CPU_NUM_OF_RESERVED_CPU"] = "0"
+    os.environ.pop("VLLM_CPU_KVCACHE_SPACE", None)  # vLLM-CPU lets it override kv_cache_memory_bytes
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from vllm import LLM
