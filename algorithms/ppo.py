@@ -24,10 +24,10 @@ Departures from the paper:
 
 from __future__ import annotations
 
-import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
+from pathlib import Path
 
 import torch
 from tqdm import tqdm
@@ -38,11 +38,11 @@ from actors.learner import LearnerWorker
 from actors.reference import ReferenceWorker
 from actors.reward import RewardWorker
 from actors.rollout import RolloutWorker, Sampling
-from rlcore import losses
+from rlcore import checkpoint, losses
 from rlcore.batch import Batch
 from rlcore.config import (ConfigError, CriticConfig, LearnerConfig, ModelConfig, ReferenceConfig, RewardConfig,
                            RolloutConfig, TaskConfig, TrackingConfig, check_choice, check_range, to_dict)
-from rlcore.distributed import ActorGroup, gather, init_ray
+from rlcore.distributed import ActorGroup, gather, init_ray, with_retries
 from rlcore.models import response_logits, response_values, token_logprobs
 from rlcore.tasks import get_task
 from rlcore.tracking import PhaseTimer, Tracker, new_run_dir
@@ -99,7 +99,9 @@ class Config:
     eval_every: int = 5
     """Held-out greedy accuracy every this many steps (and before the first and after the last)."""
     seed: int = 0
-    """Seed of prompt order and minibatch shuffling."""
+    """Seed of sampling and minibatch shuffling (each step's seeds derive from it and the step number)."""
+    resume: str = ""
+    """A run folder to continue from its latest checkpoint (same config otherwise)."""
 
     def __post_init__(self) -> None:
         check_choice("kl_estimator", self.kl_estimator, sorted(losses.KL_ESTIMATORS))
@@ -170,35 +172,49 @@ def value_objective(model, batch: Batch, clip_eps: float):
 
 def train(config: Config) -> dict:
     init_ray()
-    random.seed(config.seed)
-    generator = torch.Generator().manual_seed(config.seed)
     task = get_task(config.task.name, seed=config.task.seed)
     train_prompts = [e.prompt for e in task.examples("train", config.steps * config.prompts_per_step)]
     eval_prompts = [e.prompt for e in task.examples("heldout", config.task.eval_size)]
-    run_dir = new_run_dir(config.tracking.run_dir, config.tracking.run_name, "ppo")
-    tracker = Tracker(run_dir, to_dict(config), config.tracking.wandb, config.tracking.wandb_mode,
-                      config.tracking.project)
+    run_dir = Path(config.resume) if config.resume else new_run_dir(
+        config.tracking.run_dir, config.tracking.run_name, "ppo")
     kl_controller = (losses.AdaptiveKLController(config.kl_coef, config.kl_target, config.kl_horizon)
                      if config.kl_target > 0 else losses.FixedKLController(config.kl_coef))
-    sampling = Sampling.from_config(config.rollout)
     timer = PhaseTimer()
     start = time.time()
     topology = build_topology(config)
+    resync = partial(push_weights, topology.learner, topology.rollout_workers)
+    retries = config.rollout.max_restarts
     try:
-        with timer.phase("eval"):
-            first_accuracy = accuracy = greedy_accuracy(topology.rollout_workers, task, eval_prompts,
-                                                         config.rollout.max_new_tokens)
-        tracker.log({"heldout_accuracy": accuracy, **timer.pop()}, step=0)
-        progress = tqdm(range(1, config.steps + 1), desc="ppo", unit="step")
+        first_step, first_accuracy = 1, None
+        if config.resume:
+            folder, state = checkpoint.latest(run_dir)
+            gather(topology.learner.map(LearnerWorker.load, str(folder / "policy")))
+            gather(topology.critic.map(CriticWorker.load, str(folder / "critic")))
+            resync()
+            kl_controller.value, first_step, first_accuracy = state["kl_coef"], state["step"] + 1, state["accuracy0"]
+            checkpoint.truncate_metrics(run_dir, state["step"])
+        tracker = Tracker(run_dir, to_dict(config), config.tracking.wandb, config.tracking.wandb_mode,
+                          config.tracking.project)
+        if first_accuracy is None:
+            with timer.phase("eval"):
+                first_accuracy = greedy_accuracy(topology.rollout_workers, task, eval_prompts,
+                                                 config.rollout.max_new_tokens)
+            tracker.log({"heldout_accuracy": first_accuracy, **timer.pop()}, step=0)
+        accuracy = first_accuracy
+        progress = tqdm(range(first_step, config.steps + 1), desc="ppo", unit="step")
         for step in progress:
             prompts = train_prompts[(step - 1) * config.prompts_per_step : step * config.prompts_per_step]
+            step_seed = config.seed * 1_000_003 + step  # samples and minibatches depend on the step alone
+            sampling = replace(Sampling.from_config(config.rollout), seed=step_seed)
             with timer.phase("generate"):
-                batch = generate(topology.rollout_workers, prompts, sampling)
+                batch = with_retries(lambda: generate(topology.rollout_workers, prompts, sampling),
+                                     retries, "generate", resync)
             with timer.phase("reward"):
-                scores = torch.cat([s.rewards for s in gather(
-                    topology.reward_workers.shard(RewardWorker.score, batch))])
+                scores = torch.cat([s.rewards for s in with_retries(
+                    lambda: gather(topology.reward_workers.shard(RewardWorker.score, batch)), retries, "reward")])
             with timer.phase("reference"):
-                batch.ref_logprobs = torch.cat(gather(topology.reference.shard(ReferenceWorker.logprobs, batch)))
+                batch.ref_logprobs = torch.cat(with_retries(
+                    lambda: gather(topology.reference.shard(ReferenceWorker.logprobs, batch)), retries, "reference"))
             with timer.phase("values"):
                 batch.values = torch.cat(gather(topology.critic.shard(CriticWorker.values, batch)))
             with timer.phase("advantages"):
@@ -214,6 +230,7 @@ def train(config: Config) -> dict:
                 kl_controller.update(float(kl), len(batch))
             with timer.phase("update"):
                 policy_stats, value_stats = [], []
+                generator = torch.Generator().manual_seed(step_seed)
                 for _ in range(config.ppo_epochs):
                     for minibatch in batch.minibatches(-(-len(batch) // config.minibatches), generator):
                         policy_refs = topology.learner.shard(
@@ -225,7 +242,7 @@ def train(config: Config) -> dict:
                         policy_stats += gather(policy_refs)
                         value_stats += gather(value_refs)
             with timer.phase("sync"):
-                push_weights(topology.learner, topology.rollout_workers)
+                with_retries(resync, retries, "sync")
             metrics = {
                 "reward": scores.mean().item(),
                 "kl": float(kl),
@@ -239,20 +256,28 @@ def train(config: Config) -> dict:
             if step % config.eval_every == 0 or step == config.steps:
                 with timer.phase("eval"):
                     accuracy = greedy_accuracy(topology.rollout_workers, task, eval_prompts,
-                                                config.rollout.max_new_tokens)
+                                               config.rollout.max_new_tokens)
                 metrics["heldout_accuracy"] = accuracy
+            every = config.tracking.checkpoint_every
+            if (every and step % every == 0) or step == config.steps:
+                with timer.phase("checkpoint"):
+                    folder = checkpoint.checkpoint_dir(run_dir, step)
+                    gather(topology.learner.map(LearnerWorker.save, str(folder / "policy"))
+                           + topology.critic.map(CriticWorker.save, str(folder / "critic")))
+                    checkpoint.commit(run_dir, step, {"kl_coef": kl_controller.value, "accuracy0": first_accuracy,
+                                                      "prompts_used": step * config.prompts_per_step})
             times = timer.pop()
             metrics["tokens_per_s"] = batch.response_mask.sum().item() / max(times.get("time/generate", 1e-9), 1e-9)
             tracker.log({**metrics, **times}, step=step)
             progress.set_postfix(reward=f"{metrics['reward']:.2f}", acc=f"{accuracy:.2f}", kl=f"{metrics['kl']:.3f}")
+        tracker.close()
     finally:
         topology.kill()
-        tracker.close()
     result = {"algorithm": "ppo", "run_dir": str(run_dir), "steps": config.steps,
               "heldout_accuracy_before": first_accuracy, "heldout_accuracy_after": accuracy,
               "wall_seconds": round(time.time() - start, 1)}
     print(f"PPO on {config.task.name}: held-out greedy accuracy {first_accuracy:.1%} -> {accuracy:.1%} "
-          f"in {config.steps} steps, {result['wall_seconds']:.0f} s; metrics in {run_dir}/metrics.jsonl")
+          f"after {config.steps} steps; {result['wall_seconds']:.0f} s this run; metrics in {run_dir}/metrics.jsonl")
     return result
 
 

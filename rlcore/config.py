@@ -52,12 +52,15 @@ class RoleConfig:
     """Custom Ray resources per replica, e.g. {rollout: 1} to land only on rollout nodes."""
     threads: int = 0
     """Torch/vLLM compute threads per replica; 0 = all cores of the node (roles run one after another)."""
+    max_restarts: int = 3
+    """Times Ray restarts a replica that died (the step it was in is retried); learner ranks are not restarted."""
 
     def __post_init__(self) -> None:
         check_range("num_workers", self.num_workers, 0)
         check_range("num_cpus", self.num_cpus, 0)
         check_range("num_gpus", self.num_gpus, 0)
         check_range("threads", self.threads, 0)
+        check_range("max_restarts", self.max_restarts, 0)
 
 
 @dataclass
@@ -209,6 +212,8 @@ class TrackingConfig:
     """offline writes to the run folder; online needs an API key."""
     project: str = "rlcore"
     """wandb project."""
+    checkpoint_every: int = 10
+    """Save a resumable checkpoint every this many steps (0 = only at the end)."""
 
 
 # ---------------------------------------------------------------------------- loading

@@ -131,6 +131,7 @@ class ActorGroup(Generic[T]):
         distributed: bool = False,
         strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK",
         ready_timeout_s: float = 300.0,
+        max_restarts: int = 0,
     ) -> None:
         if num_workers < 0:
             raise ValueError(f"num_workers must be >= 0, got {num_workers}")
@@ -160,7 +161,8 @@ class ActorGroup(Generic[T]):
                 kwargs.update(rank=rank, world_size=num_workers, **rendezvous)
             if per_rank_kwargs is not None:
                 kwargs.update(per_rank_kwargs(rank))
-            options: dict[str, Any] = {"num_cpus": num_cpus, "num_gpus": num_gpus, "resources": resources or {}}
+            options: dict[str, Any] = {"num_cpus": num_cpus, "num_gpus": num_gpus, "resources": resources or {},
+                                       "max_restarts": max_restarts}
             if self.placement_group is not None:
                 options["scheduling_strategy"] = PlacementGroupSchedulingStrategy(
                     self.placement_group, placement_group_bundle_index=rank
@@ -190,6 +192,7 @@ class ActorGroup(Generic[T]):
             per_rank_kwargs=per_rank_kwargs,
             distributed=distributed,
             strategy=strategy,
+            max_restarts=0 if distributed else role.max_restarts,  # a lone restarted rank cannot rejoin its group
         )
 
     def __len__(self) -> int:
@@ -256,6 +259,25 @@ class ActorGroup(Generic[T]):
         )
         addr, port = ray.get(probe.remote())
         return {"master_addr": addr, "master_port": port}
+
+
+def with_retries(call: Callable[[], R], retries: int, what: str, before_retry: Callable[[], Any] | None = None) -> R:
+    """`call()`, retried up to `retries` times when an actor under it dies.
+
+    Ray restarts an actor created with `max_restarts` (it runs `__init__` again,
+    on the same bundle) and queues calls until it is back; `before_retry` brings
+    it up to date first (e.g. re-sends the policy's weights to rollout workers).
+    """
+    for attempt in range(retries + 1):
+        try:
+            return call()
+        except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as err:
+            if attempt == retries:
+                raise RuntimeError(f"{what}: an actor failed {retries + 1} times in a row; giving up") from err
+            print(f"warning: {what}: actor failure ({type(err).__name__}); retry {attempt + 1} of {retries}")
+            if before_retry is not None:
+                before_retry()
+    raise AssertionError("unreachable")
 
 
 def free_port() -> int:

@@ -1,0 +1,116 @@
+"""Long runs die: resume from checkpoints, survive dead workers, reject bad input clearly.
+
+These runs use the untrained tiny model (`tiny:arithmetic`): they check
+mechanics, not learning, so they need no SFT checkpoint and few prompts.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+import ray
+import torch
+
+from actors.reward import RewardWorker, Scores
+from algorithms import ppo
+from rlcore.batch import make_batch
+from rlcore.config import RewardConfig, TaskConfig, load_config
+from rlcore.tracking import read_metrics
+
+SMALL = ["model.path=tiny:arithmetic", "prompts_per_step=8", "task.eval_size=8", "eval_every=100",
+         "tracking.wandb=false", "tracking.checkpoint_every=2", "rollout.max_new_tokens=4"]
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    from rlcore.distributed import init_ray
+
+    init_ray()
+    yield
+    ray.shutdown()
+
+
+def ppo_config(*overrides):
+    return load_config(ppo.Config, "launch/configs/ppo_tiny.yaml", [*SMALL, *overrides], ignore=("algorithm",))
+
+
+def step_rows(run_dir):
+    return {r["step"]: r for r in read_metrics(run_dir) if "reward" in r}
+
+
+def test_killed_driver_resumes_with_the_same_metrics(ray_local, tmp_path):
+    """4 steps straight == a driver killed after its step-2 checkpoint, resumed for steps 3-4.
+
+    Each step's samples and minibatches are seeded by (seed, step), and DeepSpeed
+    restores weights, optimizer and schedule exactly, so the resumed steps repeat
+    the straight run's rewards exactly and its losses to float tolerance (1e-4).
+    """
+    straight = ppo.train(ppo_config("steps=4", f"tracking.run_dir={tmp_path}", "tracking.run_name=straight"))
+    killed_dir = tmp_path / "killed"
+    command = [sys.executable, "-m", "launch.cli", "train", "launch/configs/ppo_tiny.yaml", *SMALL, "steps=4",
+               f"tracking.run_dir={tmp_path}", "tracking.run_name=killed"]
+    driver = subprocess.Popen(command, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 600
+        while not (killed_dir / "checkpoints" / "latest").exists():
+            assert driver.poll() is None, "the driver ended before its first checkpoint"
+            assert time.time() < deadline, "no checkpoint within 10 minutes"
+            time.sleep(0.5)
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)  # the driver and the local Ray it started
+        driver.wait()
+    lost = max(step_rows(killed_dir), default=0) - 2
+    assert lost <= 2, "more steps lost than checkpoint_every"
+
+    resumed = ppo.train(ppo_config("steps=4", f"resume={killed_dir}"))
+    assert resumed["heldout_accuracy_before"] == straight["heldout_accuracy_before"]
+    a, b = step_rows(straight["run_dir"]), step_rows(killed_dir)
+    assert sorted(b) == [1, 2, 3, 4]
+    for step in (3, 4):
+        assert b[step]["reward"] == a[step]["reward"]
+        assert b[step]["response_length"] == a[step]["response_length"]
+        for key in ("kl", "policy/loss", "critic/loss"):
+            assert abs(b[step][key] - a[step][key]) < 1e-4, (step, key, a[step][key], b[step][key])
+
+
+def test_run_survives_killed_rollout_and_reference_workers(ray_local, tmp_path):
+    """SIGKILL the rollout worker's and the reference's processes mid-run: Ray restarts them, the step is
+    retried (weights re-sent to the new rollout engine) and every step completes."""
+    from ray.util.state import list_actors
+
+    config = ppo_config("steps=5", f"tracking.run_dir={tmp_path}", "tracking.run_name=kill", "tracking.checkpoint_every=0")
+    killed = []
+
+    def kill_workers():
+        metrics = tmp_path / "kill" / "metrics.jsonl"
+        while not (metrics.exists() and '"step": 2' in metrics.read_text()):
+            time.sleep(0.2)
+        for name in ("RolloutWorker", "ReferenceWorker"):
+            [actor] = list_actors(filters=[("class_name", "=", name), ("state", "=", "ALIVE")])
+            os.kill(actor.pid, signal.SIGKILL)
+            killed.append(name)
+
+    killer = threading.Thread(target=kill_workers, daemon=True)
+    killer.start()
+    result = ppo.train(config)
+    killer.join(timeout=5)
+    assert killed == ["RolloutWorker", "ReferenceWorker"]
+    assert sorted(step_rows(result["run_dir"])) == [1, 2, 3, 4, 5]
+
+
+def test_reward_worker_rejects_wrong_counts_and_nan():
+    """A scorer that returns the wrong number of rewards, or NaN, is a clear error, not a silent wrong result."""
+    worker = RewardWorker(RewardConfig(), TaskConfig())
+    batch = make_batch([[1, 5], [1, 6]], [[7], [8]], pad_token_id=0,
+                       info={"prompt": ["1+1=", "2+2="], "response": ["2", "5"]})
+    assert worker.score(batch).rewards.tolist() == [1.0, 0.0]
+    worker.scorer = lambda prompts, responses: Scores(torch.tensor([1.0]))
+    with pytest.raises(RuntimeError, match=r"returned \(1,\) rewards for a batch of 2"):
+        worker.score(batch)
+    worker.scorer = lambda prompts, responses: Scores(torch.tensor([1.0, float("nan")]))
+    with pytest.raises(RuntimeError, match=r"non-finite rewards for samples \[1\]"):
+        worker.score(batch)
