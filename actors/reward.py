@@ -1,6 +1,12 @@
 """RewardWorker: one interface, `score(batch) -> Scores`, several kinds chosen by `RewardConfig.kind`.
 
     rule        the task's exact verifier (1.0 right, 0.0 wrong)
+    model       a trained scalar-head reward model (`rlcore train-rm`; reward.path is its folder)
+    self_judge  the policy's own weights as an LLM-as-a-Judge (rlcore.judge), served by a RolloutWorker
+                that receives every weight update; reward = mean parsed score of judge_samples samples
+    tool        a Themis tool-augmented reward model (`rlcore train-themis`; reward.path): it writes its
+                tool calls, the tools run here, it writes a rationale, its value head gives the reward
+    remote      an HTTP endpoint: POST {"prompts": [...], "responses": [...]} -> {"rewards": [...]}
 
 Each kind is a small scorer class `(prompts, responses) -> Scores`; `SCORERS`
 maps the config's `kind` to it. A scorer that serves the policy's own weights
@@ -9,14 +15,22 @@ maps the config's `kind` to it. A scorer that serves the policy's own weights
 
 from __future__ import annotations
 
+import http.client
+import json
 import math
+import os
+import time
+import urllib.error
+import urllib.request
 from dataclasses import dataclass
 
 import torch
 
 from rlcore.batch import Batch
-from rlcore.config import RewardConfig, TaskConfig
+from rlcore.config import RewardConfig, RolloutConfig, TaskConfig
+from rlcore.judge import COMPACT_JUDGE_TEMPLATE, JUDGE_RUBRIC, average_scores, judge_prompt, parse_score
 from rlcore.tasks import get_task
+from rlcore.tools import TOOLS, Tool, ToolContext
 from rlcore.weights import WeightUpdate
 
 
@@ -38,7 +52,174 @@ class RuleScorer:
         return Scores(torch.tensor([self.task.verify(p, r) for p, r in zip(prompts, responses)]))
 
 
-SCORERS: dict[str, type] = {"rule": RuleScorer}
+def _set_threads(threads: int) -> None:
+    """Torch compute threads: `threads`, or every CPU this process may run on (Ray sets OMP_NUM_THREADS=1)."""
+    torch.set_num_threads(threads or len(os.sched_getaffinity(0)))
+
+
+class ModelScorer:
+    """A trained scalar-head reward model (`rlcore.reward_model`), scored in batches."""
+
+    def __init__(self, config: RewardConfig, task: TaskConfig, policy_model: str, batch_size: int = 64) -> None:
+        from rlcore.models import load_model, load_tokenizer
+
+        if not config.path:
+            raise ValueError("reward.path: kind 'model' needs the folder of a trained reward model (rlcore train-rm)")
+        _set_threads(config.threads)
+        self.tokenizer = load_tokenizer(config.path)
+        self.model = load_model(config.path, head="reward").eval()
+        self.batch_size = batch_size
+
+    def __call__(self, prompts: list[str], responses: list[str]) -> Scores:
+        from rlcore.reward_model import score_responses
+
+        return Scores(score_responses(self.model, self.tokenizer, prompts, responses, self.batch_size))
+
+
+class SelfJudgeScorer:
+    """The policy judging its own samples (Yuan et al. 2024): LLM-as-a-Judge on a rollout engine of its own.
+
+    The engine (a `RolloutWorker`) loads the policy's weights and every `update_weights` after them, so
+    the judge is always the current policy. Each response is judged `judge_samples` times (sampled at
+    `temperature`); the reward is the mean of the scores that parse, 0.0 when none does. Tiny models
+    (the tiny chat template) use the compact template "{prompt}{response} score:", others the
+    paper's 5-point rubric.
+    """
+
+    def __init__(self, config: RewardConfig, task: TaskConfig, policy_model: str, engine: str = "vllm",
+                 temperature: float = 1.0, seed: int = 0) -> None:
+        from actors.rollout import RolloutWorker, Sampling
+        from rlcore.models import TINY_CHAT_TEMPLATE
+
+        if not policy_model:
+            raise ValueError("reward.kind 'self_judge' needs the policy model (RewardWorker's policy_model)")
+        self.engine = RolloutWorker(policy_model, RolloutConfig(engine=engine, threads=config.threads, seed=seed),
+                                    enable_lora=True)
+        compact = self.engine.tokenizer.chat_template == TINY_CHAT_TEMPLATE
+        self.template = COMPACT_JUDGE_TEMPLATE if compact else JUDGE_RUBRIC
+        self.sampling = Sampling(n=config.judge_samples, temperature=temperature,
+                                 max_new_tokens=4 if compact else 256, stop=["\n"] if compact else [])
+
+    def __call__(self, prompts: list[str], responses: list[str]) -> Scores:
+        judge_prompts = [judge_prompt(p, r, self.template) for p, r in zip(prompts, responses)]
+        judgements = self.engine.generate(judge_prompts, self.sampling).info["response"]
+        return judge_rewards(judgements, self.sampling.n)
+
+    def update_weights(self, update: WeightUpdate) -> None:
+        self.engine.update_weights(update)
+
+    def shutdown(self) -> None:
+        self.engine.shutdown()
+
+
+def judge_rewards(judgements: list[str], samples: int) -> Scores:
+    """Rewards from `samples` consecutive judgements per response: the mean parsed score, 0.0 if none parses."""
+    rewards, traces = [], []
+    for start in range(0, len(judgements), samples):
+        group = judgements[start : start + samples]
+        mean = average_scores([parse_score(text) for text in group])
+        rewards.append(0.0 if mean is None else mean)
+        traces.append("\n---\n".join(group))
+    return Scores(torch.tensor(rewards, dtype=torch.float32), traces)
+
+
+class ToolScorer:
+    """A Themis tool-augmented reward model (`rlcore.themis`): it writes Thought / Action / Action Input,
+    the tool runs here and its Observation is inserted (at most `max_calls` calls; a malformed action,
+    unknown tool, failing tool or one slower than reward.timeout_s is an "Error: ..." observation), it
+    writes its Rationale, and its value head on the final token is the reward. Traces come back too.
+
+    The question is the task prompt and the answer the response; tools see the response as the answer
+    under judgement (ToolContext.answer)."""
+
+    def __init__(self, config: RewardConfig, task: TaskConfig, policy_model: str,
+                 tools: dict[str, Tool] | None = None, max_calls: int = 3, max_new_tokens: int = 256) -> None:
+        from rlcore.models import load_tokenizer
+        from rlcore.themis import ThemisModel
+
+        if not config.path:
+            raise ValueError("reward.path: kind 'tool' needs the folder of a Themis reward model (rlcore train-themis)")
+        _set_threads(config.threads)
+        self.model = ThemisModel.load(config.path)
+        self.tokenizer = load_tokenizer(config.path)
+        self.tools = TOOLS if tools is None else tools
+        self.max_calls = max_calls
+        self.max_new_tokens = max_new_tokens
+        self.timeout_s = config.timeout_s
+
+    def __call__(self, prompts: list[str], responses: list[str]) -> Scores:
+        from rlcore.themis import score_with_tools
+
+        traces = score_with_tools(self.model, self.tokenizer, prompts, responses,
+                                  [ToolContext(answer=r) for r in responses], self.tools, self.max_calls,
+                                  self.max_new_tokens, self.timeout_s)
+        return Scores(torch.tensor([t.reward for t in traces], dtype=torch.float32), [t.text for t in traces])
+
+
+class RemoteRewardError(RuntimeError):
+    """The remote reward endpoint is down, too slow, or answered something that is not rewards."""
+
+
+class RemoteScorer:
+    """An HTTP reward: POST {"prompts": [...], "responses": [...]} to reward.url, expect {"rewards": [...]}.
+
+    Each attempt waits at most reward.timeout_s for the connection and for each read; a refused
+    connection, a timeout, a dropped connection or a 5xx/429 answer is retried `attempts` times in all,
+    sleeping backoff_s, 2·backoff_s, ... in between, then raises `RemoteRewardError` naming the URL and
+    the last failure. Other HTTP errors and malformed answers raise at once (retrying will not help).
+    """
+
+    def __init__(self, config: RewardConfig, task: TaskConfig, policy_model: str, attempts: int = 3,
+                 backoff_s: float = 0.5) -> None:
+        if not config.url.startswith(("http://", "https://")):
+            raise ValueError(f"reward.url: kind 'remote' needs an http(s) URL, got {config.url!r}")
+        if attempts < 1:
+            raise ValueError(f"attempts must be >= 1, got {attempts}")
+        self.url, self.timeout_s, self.attempts, self.backoff_s = config.url, config.timeout_s, attempts, backoff_s
+
+    def __call__(self, prompts: list[str], responses: list[str]) -> Scores:
+        body = json.dumps({"prompts": list(prompts), "responses": list(responses)}).encode()
+        failure = None
+        for attempt in range(self.attempts):
+            if attempt:
+                time.sleep(self.backoff_s * 2 ** (attempt - 1))
+            request = urllib.request.Request(self.url, data=body, method="POST",
+                                             headers={"Content-Type": "application/json"})
+            try:
+                with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
+                    payload = response.read()
+            except urllib.error.HTTPError as error:
+                if error.code < 500 and error.code != 429:
+                    raise RemoteRewardError(f"reward endpoint {self.url} refused the request: HTTP {error.code} "
+                                            f"{error.reason}") from error
+                failure = f"HTTP {error.code} {error.reason}"
+            except (urllib.error.URLError, TimeoutError, ConnectionError, http.client.HTTPException) as error:
+                failure = f"{type(error).__name__}: {getattr(error, 'reason', error)}"
+            else:
+                return Scores(self._rewards(payload, len(prompts)))
+        raise RemoteRewardError(f"reward endpoint {self.url} is down or not answering: {self.attempts} attempts "
+                                f"({self.timeout_s:g} s timeout each) failed; last: {failure}")
+
+    def _rewards(self, payload: bytes, expected: int) -> torch.Tensor:
+        try:
+            rewards = json.loads(payload)["rewards"]
+        except (ValueError, KeyError, TypeError) as error:
+            raise RemoteRewardError(f"reward endpoint {self.url} did not answer {{\"rewards\": [...]}}: "
+                                    f"{payload[:200]!r}") from error
+        if (not isinstance(rewards, list) or len(rewards) != expected
+                or not all(isinstance(r, (int, float)) and not isinstance(r, bool) for r in rewards)):
+            raise RemoteRewardError(f"reward endpoint {self.url} answered {str(rewards)[:200]}; expected a list "
+                                    f"of {expected} numbers")
+        return torch.tensor(rewards, dtype=torch.float32)
+
+
+SCORERS: dict[str, type] = {
+    "rule": RuleScorer,
+    "model": ModelScorer,
+    "self_judge": SelfJudgeScorer,
+    "tool": ToolScorer,
+    "remote": RemoteScorer,
+}
 
 
 class RewardWorker:

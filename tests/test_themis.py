@@ -1,0 +1,226 @@
+"""Themis (rlcore.themis): trace formatting, token kinds, the model wrapper, the tool loop and training.
+
+The tool loop is driven here by a scripted generator (what a model would write) so
+every branch is exercised exactly: a real call, a malformed action, an unknown tool,
+a hanging tool, the call limit. tests/test_reward_workers.py runs it with a real model.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from rlcore.models import load_tokenizer
+from rlcore.tara import load_tara, render_trace
+from rlcore.themis import (
+    OBSERVATION,
+    Segment,
+    ThemisConfig,
+    ThemisModel,
+    TinyLMSpec,
+    build_tiny_lm,
+    encode_segments,
+    example_segments,
+    make_pair_batch,
+    render_segments,
+    run_tool_traces,
+    score_segments,
+    split_generated,
+    themis_loss,
+    train_themis,
+)
+from rlcore.tools import TOOLS, ToolContext
+
+TARA = Path(__file__).resolve().parents[2] / "shared" / "data" / "tara"
+SMALL = TinyLMSpec(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, vocab_size=400, max_positions=512)
+
+
+@pytest.fixture(scope="module")
+def calendar_rows():
+    return load_tara(TARA / "calendar_train.jsonl", limit=24)
+
+
+@pytest.fixture(scope="module")
+def tiny_lm(calendar_rows, tmp_path_factory):
+    texts = [render_segments(example_segments(r.question, a, True)) for r in calendar_rows for a in (r.pos, r.neg)]
+    return build_tiny_lm(texts, SMALL, tmp_path_factory.mktemp("themis-lm"))
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_lm):
+    return load_tokenizer(str(tiny_lm))
+
+
+def fresh_model(path, seed: int = 0) -> ThemisModel:
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    return ThemisModel(AutoModelForCausalLM.from_pretrained(path))
+
+
+# ---------------------------------------------------------------------- formatting
+
+
+@pytest.mark.parametrize("file_name", ["calendar_train.jsonl", "multi_tools_train.jsonl", "hh_rlhf_train.jsonl"])
+def test_trace_segments_render_like_tara(file_name):
+    """One call, several calls and no call: the segments after the context join to render_trace."""
+    for row in load_tara(TARA / file_name, limit=5):
+        for answer in (row.pos, row.neg):
+            segments = example_segments(row.question, answer, use_tools=True)
+            assert segments[0] == Segment("context", f"Question: {row.question}\nAnswer: {answer.answer}\n")
+            assert render_segments(segments[1:]) == render_trace(answer)
+            assert segments[-1].kind == "rationale"
+            assert [s.kind for s in segments[1:-1]] == (["tool", "observation"] * len(answer.tool_calls) or ["tool"])
+            assert example_segments(row.question, answer, use_tools=False) == segments[:1]
+
+
+def test_encode_segments_marks_what_the_model_writes(calendar_rows, tokenizer):
+    row = calendar_rows[0]
+    segments = example_segments(row.question, row.neg, use_tools=True)
+    ids, kinds = encode_segments(tokenizer, segments, add_eos=True)
+    assert ids[0] == tokenizer.bos_token_id and ids[-1] == tokenizer.eos_token_id and len(ids) == len(kinds)
+    assert kinds[-1] == "rationale"  # the eos is learnt: the model learns to stop
+    text_of = lambda kind: tokenizer.decode([i for i, k in zip(ids, kinds) if k == kind])  # noqa: E731
+    assert text_of("observation") == f" {row.neg.tool_calls[0].observation}\n"
+    assert text_of("tool").endswith(f"Action Input: {row.neg.tool_calls[0].action_input}\n{OBSERVATION}")
+    assert text_of("rationale").startswith("Rationale: ") and row.neg.answer in text_of("context")
+
+
+def test_split_generated():
+    assert split_generated("Thought: done\nRationale: ok") == [Segment("tool", "Thought: done\n"),
+                                                                Segment("rationale", "Rationale: ok")]
+    assert split_generated("Rationale: ok") == [Segment("rationale", "Rationale: ok")]
+    assert split_generated("no rationale") == [Segment("tool", "no rationale")]
+    assert split_generated("") == []
+
+
+# ---------------------------------------------------------------------- model
+
+
+def test_save_load_round_trip_and_padding_invariance(tiny_lm, tokenizer, calendar_rows, tmp_path):
+    model = fresh_model(tiny_lm).eval()
+    examples = [example_segments(r.question, r.pos, True) for r in calendar_rows[:5]]
+    examples.append(example_segments(calendar_rows[0].question, calendar_rows[0].pos, False))  # a short one
+    batched = score_segments(model, tokenizer, examples)
+    one_by_one = torch.cat([score_segments(model, tokenizer, [e]) for e in examples])
+    torch.testing.assert_close(batched, one_by_one, atol=1e-5, rtol=1e-5)
+    model.save(tmp_path / "rm", tokenizer)
+    reloaded = ThemisModel.load(tmp_path / "rm")
+    torch.testing.assert_close(score_segments(reloaded, load_tokenizer(str(tmp_path / "rm")), examples), batched)
+    with pytest.raises(FileNotFoundError, match="not a Themis reward model"):
+        ThemisModel.load(tiny_lm)
+
+
+@pytest.mark.parametrize("use_tools", [True, False])
+def test_training_steps_lower_the_loss(tiny_lm, tokenizer, calendar_rows, use_tools):
+    """Ten AdamW steps on one batch lower the total loss (LM + ranking with tools, ranking alone without)."""
+    model = fresh_model(tiny_lm)
+    batch = make_pair_batch(tokenizer, calendar_rows[:8], use_tools, max_length=512)
+    assert batch.input_ids.shape[0] == 16
+    assert bool(batch.tool_mask.any()) == use_tools and bool(batch.rationale_mask.any()) == use_tools
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(10):
+        loss, stats = themis_loss(model, batch, rank_weight=1.0, tool_weight=1.0, rationale_weight=1.0)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(stats["loss"])
+    assert losses[-1] < 0.8 * losses[0], losses
+    if use_tools:
+        assert stats["tool_loss"] > 0 and stats["rationale_loss"] > 0
+    else:
+        assert stats["tool_loss"] == 0 and stats["rationale_loss"] == 0
+
+
+def test_loss_weights_combine_the_terms(tiny_lm, tokenizer, calendar_rows):
+    model = fresh_model(tiny_lm).eval()
+    batch = make_pair_batch(tokenizer, calendar_rows[:4], True, max_length=512)
+    with torch.no_grad():
+        _, parts = themis_loss(model, batch, 1.0, 1.0, 1.0)
+        total, _ = themis_loss(model, batch, 2.0, 0.5, 0.0)
+    assert total.item() == pytest.approx(2.0 * parts["rank_loss"] + 0.5 * parts["tool_loss"], rel=1e-5)
+
+
+# ---------------------------------------------------------------------- the tool loop (scripted model)
+
+
+class Script:
+    """A stand-in generator: each row's outputs in order, one per round; records the stop strings."""
+
+    def __init__(self, tokenizer, outputs: dict[str, list[str]]):
+        self.tokenizer, self.outputs, self.stops = tokenizer, outputs, []
+
+    def __call__(self, prefixes, stop):
+        self.stops.append(stop)
+        results = []
+        for ids in prefixes:
+            text = self.tokenizer.decode(ids, skip_special_tokens=True)
+            key = next(k for k in self.outputs if k in text)
+            output = self.outputs[key].pop(0)
+            results.append((output, "Rationale:" in output))
+        return results
+
+
+class HangingTool:
+    name = "Hang"
+
+    def run(self, action_input, context=None):
+        time.sleep(5)
+        return "never"
+
+
+def test_tool_loop_runs_tools_and_turns_failures_into_observations(tokenizer):
+    call = "Thought: check\nAction: {tool}\nAction Input: {arg}\nObservation: (the model makes this up)"
+    outputs = {
+        "Q-real": [call.format(tool="Calendar.week_day", arg="2008-06-16"), "Rationale: it is Monday"],
+        "Q-malformed": ["Thought: hmm\nAction Input: 2008-06-16\nObservation:", "Rationale: no tool"],
+        "Q-unknown": [call.format(tool="Calendar.moon_phase", arg="2008-06-16"), "Rationale: unknown"],
+        "Q-hang": [call.format(tool="Hang", arg="x"), "Rationale: slow"],
+        "Q-none": ["Thought: Do I need to use a tool? No\nRationale: fine"],
+    }
+    script = Script(tokenizer, outputs)
+    contexts = [f"Question: {key}\nAnswer: a\n" for key in outputs]
+    start = time.time()
+    traces = run_tool_traces(contexts, script, tokenizer, [ToolContext()] * len(contexts),
+                             {**TOOLS, "Hang": HangingTool()}, max_calls=2, timeout_s=0.5)
+    assert time.time() - start < 4
+    observations = [[s.text for s in t.segments if s.kind == "observation"] for t in traces]
+    assert observations[0] == [" Monday\n"]  # the real tool's answer replaced what the model made up
+    assert traces[0].text.endswith("Action Input: 2008-06-16\nObservation: Monday\nRationale: it is Monday")
+    assert observations[1][0].startswith(" Error: no 'Action:' line")
+    assert observations[2][0].startswith(" Error: unknown tool 'Calendar.moon_phase'")
+    assert observations[3] == [" Error: Hang did not answer within 0.5 s\n"]
+    assert observations[4] == [] and traces[4].calls == 0
+    assert all(t.finished for t in traces) and [t.calls for t in traces] == [1, 1, 1, 1, 0]
+    assert script.stops[0] == [OBSERVATION]
+
+
+def test_tool_loop_bounds_the_number_of_calls(tokenizer):
+    call = "Thought: again\nAction: Calendar.week_day\nAction Input: 2008-06-16\nObservation:"
+    script = Script(tokenizer, {"Q-loop": [call] * 4 + ["Rationale: gave up"]})
+    [trace] = run_tool_traces(["Question: Q-loop\nAnswer: a\n"], script, tokenizer, [ToolContext()], max_calls=2)
+    observations = [s.text for s in trace.segments if s.kind == "observation"]
+    assert observations[:2] == [" Monday\n", " Monday\n"] and trace.calls == 2
+    assert observations[2] == " Error: no more tool calls allowed (the limit is 2)\n"
+    # max_calls + 2 rounds at most; the last one without the stop string, so the model must finish
+    assert script.stops == [[OBSERVATION]] * 3 + [[]]
+    assert len(observations) == 3
+
+
+# ---------------------------------------------------------------------- end to end, shortened
+
+
+def test_train_themis_end_to_end_small(calendar_rows, tmp_path):
+    """The calendar measurement in miniature: 24 rows, a 2-layer model, 2 epochs, generated evaluation."""
+    config = ThemisConfig(tiny=SMALL, epochs=2, batch_size=8, max_new_tokens=24, output_dir=str(tmp_path / "t"))
+    result = train_themis(config, rows=calendar_rows)
+    assert (result.train_pairs, result.heldout_pairs) == (19, 5)
+    assert 0 <= result.heldout_accuracy_recorded <= 1 and 0 <= result.heldout_accuracy_generated <= 1
+    assert (tmp_path / "t" / "value_head.safetensors").exists() and (tmp_path / "t" / "heldout_traces.jsonl").exists()
+    plain = train_themis(ThemisConfig(tiny=SMALL, epochs=2, batch_size=8, use_tools=False,
+                                      output_dir=str(tmp_path / "p")), rows=calendar_rows)
+    assert plain.heldout_accuracy_generated == plain.heldout_accuracy_recorded
