@@ -47,13 +47,13 @@ def cmd_sft(args: list[str]) -> dict:
 
 COMMANDS = {"train": cmd_train, "sft": cmd_sft}
 COMMANDS["submit"] = lambda args: importlib.import_module("launch.submit").cmd_submit(args)  # run as a Ray job
-
-
-def main(argv: list[str] | None = None) -> int:
 # reward models (launch/reward_cmds.py): train-rm, train-themis, themis-eval
 COMMANDS["train-rm"] = lambda args: importlib.import_module("launch.reward_cmds").cmd_train_rm(args)
 COMMANDS["train-themis"] = lambda args: importlib.import_module("launch.reward_cmds").cmd_train_themis(args)
 COMMANDS["themis-eval"] = lambda args: importlib.import_module("launch.reward_cmds").cmd_themis_eval(args)
+
+
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="rlcore", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("command", choices=sorted(COMMANDS))
     parser.add_argument("args", nargs=argparse.REMAINDER, help="config file and key=value overrides")
