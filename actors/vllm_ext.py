@@ -32,6 +32,7 @@ import torch
 
 EXTENSION = "actors.vllm_ext.WeightSyncExtension"
 """What to pass as vLLM's `worker_extension_cls`."""
+EMBEDDINGS, LM_HEAD = "model.embed_tokens.weight", "lm_head.weight"
 
 
 def open_weight_group(master_address: str, master_port: int, rank: int, world_size: int, device):
@@ -76,14 +77,21 @@ class WeightSyncExtension:
     def receive_weights(self, names_dtypes_shapes: list[tuple[str, torch.dtype, tuple]]) -> None:
         """Receive one broadcast per (name, dtype, shape) from rank 0 and load them in place."""
 
+        on_gpu = self.device.type == "cuda"
+        tied = getattr(self.model_config.hf_config, "tie_word_embeddings", False)
+        names = {name for name, _, _ in names_dtypes_shapes}
+
         def received() -> Iterator[tuple[str, torch.Tensor]]:
             for name, dtype, shape in names_dtypes_shapes:
                 tensor = torch.empty(shape, dtype=dtype, device=self.device)
-                self.weight_update_group.broadcast(tensor, src=0, stream=torch.cuda.current_stream())
+                self.weight_update_group.broadcast(tensor, src=0, stream=torch.cuda.current_stream() if on_gpu else None)
                 yield name, tensor
+                if tied and name == EMBEDDINGS and LM_HEAD not in names:
+                    yield LM_HEAD, tensor  # the tied head is its own layer to vLLM (see rollout.with_tied_head)
 
         self.reload_weights(weights_iterator=received(), is_checkpoint_format=True)
-        torch.cuda.current_stream().synchronize()
+        if on_gpu:
+            torch.cuda.current_stream().synchronize()
 
     def update_weight(self, name: str, dtype: torch.dtype, shape: tuple) -> None:
         """Receive one tensor and load it with the model's `load_weights` (the interface of vLLM's example).
