@@ -30,6 +30,7 @@ import contextlib
 import gc
 import os
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,6 +40,7 @@ from actors.vllm_ext import EMBEDDINGS, EXTENSION, LM_HEAD
 from rlcore.batch import Batch, make_batch
 from rlcore.config import RolloutConfig
 from rlcore.models import encode_prompts, load_model, load_tokenizer, resolve_model, response_logits, token_logprobs
+from rlcore.usage import busy
 from rlcore.weights import WeightUpdate, merge_lora
 
 ENGINES = ("vllm", "transformers")
@@ -59,8 +61,10 @@ class Sampling:
     stop: list[str] = field(default_factory=list)
     """Strings that end a response (applied by the engine; their tokens stay in the response)."""
     seed: int | None = None
-    """Fixes the samples of one call: prompt i samples with seed `seed * 1_000_003 + i`, so prompts do
-    not share random streams. None = the engine's own generator (seeded once by `RolloutConfig.seed`)."""
+    """Fixes the samples: a prompt samples with a seed derived from (seed, its group id, how many earlier
+    prompts of the call share that id), so prompts do not share random streams and the samples do not
+    depend on how prompts are sharded over workers (vllm; transformers seeds the whole call).
+    None = the engine's own generator (seeded once by `RolloutConfig.seed`)."""
 
     def __post_init__(self) -> None:
         if self.n < 1:
@@ -92,9 +96,13 @@ class Sampling:
         return self.temperature == 0
 
 
-def prompt_seed(seed: int, index: int) -> int:
-    """The sampling seed of prompt `index` in a call seeded with `seed`."""
-    return (seed * 1_000_003 + index) % 2**63
+def prompt_seeds(seed: int, group_ids: list[int]) -> list[int]:
+    """Per-prompt sampling seeds of a call seeded with `seed` (see `Sampling.seed`)."""
+    seeds, seen = [], Counter()
+    for group in group_ids:
+        seeds.append(((seed * 1_000_003 + group) * 1_009 + seen[group]) % 2**63)
+        seen[group] += 1
+    return seeds
 
 
 class RolloutWorker:
@@ -132,6 +140,7 @@ class RolloutWorker:
 
     # ------------------------------------------------------------------ generation
 
+    @busy
     def generate(self, prompts: list[str], sampling: Sampling, group_ids: list[int] | None = None) -> Batch:
         """`sampling.n` responses to each task prompt, formatted with the chat template.
 
@@ -144,7 +153,7 @@ class RolloutWorker:
         group_ids = list(range(len(prompts))) if group_ids is None else list(group_ids)
         prompt_ids = encode_prompts(self.tokenizer, prompts)
         if self.llm is not None:
-            responses, logprobs = self._generate_vllm(prompt_ids, sampling)
+            responses, logprobs = self._generate_vllm(prompt_ids, sampling, group_ids)
         else:
             responses, logprobs = self._generate_hf(prompt_ids, sampling)
         n = sampling.n
@@ -160,10 +169,11 @@ class RolloutWorker:
             },
         )
 
-    def _generate_vllm(self, prompt_ids: list[list[int]], sampling: Sampling):
+    def _generate_vllm(self, prompt_ids: list[list[int]], sampling: Sampling, group_ids: list[int]):
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
+        seeds = [None] * len(prompt_ids) if sampling.seed is None else prompt_seeds(sampling.seed, group_ids)
         params = [
             SamplingParams(
                 n=sampling.n,
@@ -172,10 +182,10 @@ class RolloutWorker:
                 max_tokens=sampling.max_new_tokens,
                 stop=list(sampling.stop) or None,
                 include_stop_str_in_output=True,
-                seed=None if sampling.seed is None else prompt_seed(sampling.seed, i),
+                seed=seed,
                 logprobs=0,  # 0 = only the sampled token's logprob
             )
-            for i in range(len(prompt_ids))
+            for seed in seeds
         ]
         with self._eager_on_cpu():
             outputs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompt_ids], params, use_tqdm=False)
@@ -229,6 +239,7 @@ class RolloutWorker:
 
     # ------------------------------------------------------------------ scoring
 
+    @busy
     def logprobs(self, batch: Batch) -> torch.Tensor:
         """Teacher-forced logprobs of the batch's responses under the current weights: [B, R], zero on padding."""
         if self.hf_model is not None:
@@ -262,6 +273,7 @@ class RolloutWorker:
 
     # ------------------------------------------------------------------ weights
 
+    @busy
     def update_weights(self, update: WeightUpdate) -> float:
         """Load new weights in place (full, or a LoRA adapter merged here); returns the seconds it took."""
         start = time.perf_counter()

@@ -12,9 +12,12 @@ Three measurements, each the median of `--reps` timed repetitions after one warm
    state dict (`ray.put` + `ray.get` in the driver; goal <= 1.5x), for the tiny
    model and a ~100M-parameter Qwen2 (hidden 768, 12 layers, random init).
    A second baseline, `put + actor receive`, ships the state dict to an actor
-   that only touches it: the transport alone, without loading.
+   that only touches it: the transport alone, without loading. "zero-copy" repeats
+   the sync with WeightUpdate serialised as numpy arrays (`weights_as_arrays`),
+   which Ray maps from shared memory instead of unpickling a copy per reader.
 
-Engines run one at a time (a 2-core machine cannot time two at once).
+Engines are timed one call at a time, in turn within each repetition (a 2-core machine
+cannot time two at once, and turns spread load from other processes evenly).
 """
 
 from __future__ import annotations
@@ -81,35 +84,35 @@ def timed(fn, reps: int) -> tuple[float, object]:
     return statistics.median(seconds), result
 
 
-def throughput(generate, prompts: list[str], sampling: Sampling, reps: int) -> dict:
-    seconds, batch = timed(lambda: generate(prompts, sampling), reps)
-    tokens = int(batch.response_mask.sum())
-    return {"seconds": seconds, "tokens": tokens, "tokens_per_s": tokens / seconds}
-
-
 def bench_generation(model: str, args) -> dict:
+    """Three engines alive at once, called in turn each repetition, so load drift hits all alike."""
     prompts = [example.prompt for example in get_task("arithmetic").examples("train", args.prompts)]
     sampling = Sampling(n=args.n, max_new_tokens=args.max_new_tokens, seed=0)
     config = RolloutConfig(kv_cache_gib=args.kv_cache_gib, threads=args.threads)
-    results = {}
-
-    worker = RolloutWorker(model, config)
-    results["vllm_in_process"] = throughput(worker.generate, prompts, sampling, args.reps)
-    worker.shutdown()
-    del worker
-
+    in_process = RolloutWorker(model, config)
     actor = ray.remote(RolloutWorker).options(num_cpus=1).remote(model, config)
-    results["vllm_ray_actor"] = throughput(
-        lambda p, s: ray.get(actor.generate.remote(p, s)), prompts, sampling, args.reps
-    )
+    transformers = RolloutWorker(model, RolloutConfig(engine="transformers", threads=args.threads))
+    paths = {
+        "vllm_in_process": lambda: in_process.generate(prompts, sampling),
+        "vllm_ray_actor": lambda: ray.get(actor.generate.remote(prompts, sampling)),
+        "transformers_in_process": lambda: transformers.generate(prompts, sampling),
+    }
+    seconds = {name: [] for name in paths}
+    tokens = {name: int(generate().response_mask.sum()) for name, generate in paths.items()}  # warm-up
+    for _ in range(args.reps):
+        for name, generate in paths.items():
+            start = time.perf_counter()
+            generate()
+            seconds[name].append(time.perf_counter() - start)
+    in_process.shutdown()
     ray.get(actor.shutdown.remote())
     ray.kill(actor)
+    transformers.shutdown()
 
-    hf_config = RolloutConfig(engine="transformers", threads=args.threads)
-    worker = RolloutWorker(model, hf_config)
-    results["transformers_in_process"] = throughput(worker.generate, prompts, sampling, args.reps)
-    worker.shutdown()
-
+    results = {}
+    for name in paths:
+        median = statistics.median(seconds[name])
+        results[name] = {"seconds": median, "tokens": tokens[name], "tokens_per_s": tokens[name] / median}
     results["ray_over_in_process"] = (
         results["vllm_ray_actor"]["tokens_per_s"] / results["vllm_in_process"]["tokens_per_s"]
     )

@@ -19,6 +19,7 @@ import torch
 from actors.rollout import RolloutWorker, Sampling
 from rlcore.batch import Batch
 from rlcore.config import RolloutConfig
+from rlcore.distributed import free_port, init_ray
 from rlcore.models import (
     cache_dir,
     encode_prompts,
@@ -92,14 +93,7 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def ray_local():
-    try:
-        from rlcore.distributed import init_ray
-    except ImportError:
-        init_ray = None
-    if init_ray is not None:
-        init_ray(num_cpus=2)
-    else:
-        ray.init(address="local", include_dashboard=False, num_cpus=2, object_store_memory=200 * 1024**2)
+    init_ray(num_cpus=2)
     yield
     ray.shutdown()
 
@@ -230,6 +224,20 @@ def test_seeded_sampling_is_reproducible(worker, base_state):
     assert responses(ray.get(worker.generate.remote(QUESTIONS, hot))) != responses(first)
 
 
+def test_seeds_follow_group_ids(worker, base_state, request):
+    """vLLM: seeded samples do not depend on how prompts are sharded; repeated prompts still differ."""
+    if request.node.callspec.params["worker"] != "vllm":
+        pytest.skip("the transformers engine seeds a whole call")
+    push(worker, WeightUpdate(base_state))
+    sampling = Sampling(n=4, temperature=2.0, max_new_tokens=MAX_NEW, seed=5)
+    whole = ray.get(worker.generate.remote(QUESTIONS, sampling, list(range(6))))
+    halves = ray.get([worker.generate.remote(QUESTIONS[:3], sampling, [0, 1, 2]),
+                      worker.generate.remote(QUESTIONS[3:], sampling, [3, 4, 5])])
+    assert responses(whole) == responses(halves[0]) + responses(halves[1])
+    twice = responses(ray.get(worker.generate.remote(QUESTIONS[:1] * 2, sampling, [0, 0])))
+    assert twice[:4] == responses(whole)[:4] and twice[4:] != twice[:4]
+
+
 def test_greedy_equals_transformers(worker, model_dir, base_state):
     push(worker, WeightUpdate(base_state))
     tokenizer = load_tokenizer(model_dir)
@@ -300,7 +308,6 @@ def test_nccl_weight_broadcast(ray_local, model_dir):
     import threading
 
     from actors.vllm_ext import broadcast_weights, open_weight_group, weight_metadata
-    from rlcore.distributed import free_port
 
     torch.cuda.set_device(0)
     config = RolloutConfig(gpu_memory_utilization=0.3, num_gpus=1)
