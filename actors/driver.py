@@ -1,4 +1,5 @@
-"""Driver-side calls every algorithm makes on its actor groups: fan prompts out, score greedy answers, sync weights."""
+"""Driver-side calls every algorithm makes on its actor groups: fan prompts out, score greedy answers, sync weights,
+read what each role has spent."""
 
 from __future__ import annotations
 
@@ -34,3 +35,33 @@ def push_weights(learner: ActorGroup[LearnerWorker], *receivers: ActorGroup) -> 
     for group in receivers:
         refs += group.map(group.actor_cls.update_weights, update)
     gather(refs)
+
+
+def usage_metrics(groups: dict[str, ActorGroup]) -> dict[str, float]:
+    """What each role has spent so far, measured inside its replicas (`rlcore.usage`), as metrics:
+
+        usage/<role>/busy_s, cpu_s, calls     sums over the role's replicas
+        usage/<role>/peak_rss_mb, gpu_peak_mb  the largest replica's
+        usage/<role>/replicas
+        usage/<role>/tokens_generated          response tokens its `generate` calls returned
+        usage/<role>/tokens_trained            response tokens its `train_step` calls took
+        usage/busy_s                           busy actor-seconds of all roles together
+
+    `groups` names the roles: {"rollout": topology.rollout_workers, "learner": topology.learner, ...};
+    empty groups are left out.
+    """
+    snapshots = {role: group.usage() for role, group in groups.items() if len(group)}
+    metrics: dict[str, float] = {}
+    for role, replicas in snapshots.items():
+        prefix = f"usage/{role}/"
+        for key in ("busy_s", "cpu_s", "calls"):
+            metrics[prefix + key] = sum(s[key] for s in replicas)
+        for key in ("peak_rss_mb", "gpu_peak_mb"):
+            metrics[prefix + key] = max(s[key] for s in replicas)
+        metrics[prefix + "replicas"] = len(replicas)
+        metrics[prefix + "tokens_generated"] = sum(s["methods"].get("generate", {}).get("tokens_out", 0)
+                                                   for s in replicas)
+        metrics[prefix + "tokens_trained"] = sum(s["methods"].get("train_step", {}).get("tokens_in", 0)
+                                                 for s in replicas)
+    metrics["usage/busy_s"] = sum(metrics[f"usage/{role}/busy_s"] for role in snapshots)
+    return metrics

@@ -27,6 +27,7 @@ from rlcore.batch import Batch
 from rlcore.config import LearnerConfig, ModelConfig
 from rlcore.distributed import init_torch_distributed
 from rlcore.models import load_model
+from rlcore.usage import busy
 from rlcore.weights import WeightUpdate
 
 Objective = Callable[[torch.nn.Module, Batch], tuple[torch.Tensor, dict[str, Any]]]
@@ -139,6 +140,7 @@ class LearnerWorker:
             dist_init_required=False,
         )
 
+    @busy
     def train_step(self, batch: Batch, objective: Objective) -> dict[str, float]:
         """One optimizer step on this rank's share `batch`, split into `grad_accumulation` micro-batches.
 
@@ -189,6 +191,7 @@ class LearnerWorker:
         return {**totals, "grad_norm": float(grad_norm), "lr": lr, "version": self.version,
                 "skipped": 0.0, "skipped_steps": float(self.skipped_steps)}
 
+    @busy
     @torch.no_grad()
     def forward(self, batch: Batch, fn: Callable[[torch.nn.Module, Batch], Any]) -> Any:
         """`fn(model, chunk)` in eval mode without gradients, over chunks of `micro_batch_size` rows.
@@ -207,6 +210,7 @@ class LearnerWorker:
             return {key: torch.cat([out[key] for out in outputs]).cpu() for key in outputs[0]}
         return outputs
 
+    @busy
     def weights(self) -> WeightUpdate | None:
         """Rank 0: the current weights for rollout workers (HF names), or only the LoRA A/B tensors.
 
@@ -236,6 +240,7 @@ class LearnerWorker:
             return None
         return WeightUpdate(tensors=tensors, lora_scale=self.lora_scale, version=self.version)
 
+    @busy
     def save(self, path: str) -> None:
         """Checkpoint model, optimizer, lr schedule and version under folder `path` (call on every rank)."""
         self.engine.save_checkpoint(path, client_state={"version": self.version})

@@ -9,6 +9,7 @@ import torch
 from actors.learner import batch_to, set_threads
 from rlcore.batch import Batch
 from rlcore.models import load_model, response_logits, token_logprobs
+from rlcore.usage import busy
 
 
 class ReferenceWorker:
@@ -21,6 +22,7 @@ class ReferenceWorker:
         self.model.requires_grad_(False)
         self.micro_batch_size = micro_batch_size
 
+    @busy
     @torch.no_grad()
     def logprobs(self, batch: Batch) -> torch.Tensor:
         """log π_ref(response token) at each response position, zero on padding: [B, R] (CPU, fp32)."""

@@ -31,6 +31,7 @@ from rlcore.config import RewardConfig, RolloutConfig, TaskConfig
 from rlcore.judge import COMPACT_JUDGE_TEMPLATE, JUDGE_RUBRIC, average_scores, judge_prompt, parse_score
 from rlcore.tasks import get_task
 from rlcore.tools import TOOLS, Tool, ToolContext
+from rlcore.usage import busy
 from rlcore.weights import WeightUpdate
 
 
@@ -230,6 +231,7 @@ class RewardWorker:
             raise ValueError(f"reward.kind {config.kind!r} is not available; choose one of {sorted(SCORERS)}")
         self.scorer = SCORERS[config.kind](config, task, policy_model)
 
+    @busy
     def score(self, batch: Batch) -> Scores:
         scores = self.scorer(batch.info["prompt"], batch.info["response"])
         if scores.rewards.shape != (len(batch),):
@@ -241,6 +243,7 @@ class RewardWorker:
             raise RuntimeError(f"reward scorer returned non-finite rewards for samples {bad[:10]}")
         return scores
 
+    @busy
     def update_weights(self, update: WeightUpdate) -> None:
         """Forward new policy weights to a scorer that judges with them (no-op for the others)."""
         if hasattr(self.scorer, "update_weights"):

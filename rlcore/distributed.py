@@ -17,6 +17,7 @@ import ray
 from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy, PlacementGroupSchedulingStrategy
 
+from rlcore import usage
 from rlcore.batch import Batch
 from rlcore.config import RoleConfig
 
@@ -227,6 +228,11 @@ class ActorGroup(Generic[T]):
             for actor, chunk in zip(self.actors, chunks)
         ]
 
+    def usage(self) -> list[dict[str, Any]]:
+        """`rlcore.usage.snapshot()` of every replica, taken inside it (busy seconds of its `@busy` methods,
+        CPU seconds, peak memory), in rank order. Runs through Ray's `__ray_call__`, so after any call in flight."""
+        return gather([actor.__ray_call__.remote(_usage_snapshot) for actor in self.actors])
+
     def kill(self, shutdown_timeout_s: float = 60.0) -> None:
         """Call `shutdown()` on replicas whose class has one, kill them and free the placement group."""
         shutdown = getattr(self.actor_cls, "shutdown", None)
@@ -259,6 +265,11 @@ class ActorGroup(Generic[T]):
         )
         addr, port = ray.get(probe.remote())
         return {"master_addr": addr, "master_port": port}
+
+
+def _usage_snapshot(actor: Any) -> dict[str, Any]:
+    """Runs inside an actor's process (`__ray_call__` passes the instance, unused): that process's usage."""
+    return usage.snapshot()
 
 
 def with_retries(call: Callable[[], R], retries: int, what: str, before_retry: Callable[[], Any] | None = None) -> R:

@@ -98,7 +98,8 @@ def test_snapshot_fields_and_decorated_methods_keep_their_names():
 
 def test_actor_group_usage_is_measured_inside_each_replica():
     """Two replicas: rank 0 is busy 0.2 s, rank 1 0.05 s plus 0.2 s in an undecorated method; the driver's own
-    counters stay at zero (the work ran in the actors' processes)."""
+    counters stay at zero (the work ran in the actors' processes). `usage_metrics` sums them per role."""
+    from actors.driver import usage_metrics
     from rlcore.distributed import init_ray
 
     init_ray(num_cpus=2)
@@ -112,6 +113,12 @@ def test_actor_group_usage_is_measured_inside_each_replica():
         assert rank0["methods"]["generate"]["tokens_out"] == 8 and rank0["calls"] == 2
         assert rank0["peak_rss_mb"] > 10
         assert usage.snapshot()["calls"] == 0
+        metrics = usage_metrics({"rollout": group, "none": ActorGroup(Worker, 0)})  # empty groups are left out
+        assert metrics["usage/rollout/busy_s"] == pytest.approx(rank0["busy_s"] + rank1["busy_s"], abs=0.05)
+        assert metrics["usage/busy_s"] == metrics["usage/rollout/busy_s"] and metrics["usage/rollout/replicas"] == 2
+        assert metrics["usage/rollout/tokens_generated"] == 16 and metrics["usage/rollout/tokens_trained"] == 0
+        assert metrics["usage/rollout/peak_rss_mb"] == max(rank0["peak_rss_mb"], rank1["peak_rss_mb"])
+        assert not any(key.startswith("usage/none/") for key in metrics)
         group.kill()
     finally:
         ray.shutdown()
