@@ -23,7 +23,7 @@ $(VENV)/.installed: setup.py
 install: $(VENV)/.installed
 
 run: install
-	$(VENV)/bin/rlcore train launch/configs/main.yaml
+	$(VENV)/bin/rlcore train launch/configs/ppo_tiny.yaml
 
 test: install
 	$(PY) -m pytest -q tests

@@ -30,7 +30,7 @@ class SFTConfig:
     task: str = "arithmetic"
     """Task to learn (rlcore.tasks)."""
     output_dir: str = ""
-    """Where the checkpoint goes; empty = the cache folder, keyed by these settings."""
+    """Where the checkpoint goes; empty = a new run folder runs/sft-<time>."""
     target_accuracy: float = 0.45
     """Stop once held-out greedy accuracy reaches this (0-1)."""
     max_steps: int = 3000
@@ -106,8 +106,8 @@ def default_output_dir(config: SFTConfig) -> Path:
     return cache_dir() / "sft" / f"{name}-{config.task}-acc{config.target_accuracy}-seed{config.seed}"
 
 
-def train_sft(config: SFTConfig) -> SFTResult:
-    """Train until held-out greedy accuracy reaches the target; save model + tokenizer."""
+def train_sft(config: SFTConfig, path: str | Path) -> SFTResult:
+    """Train until held-out greedy accuracy reaches the target; save model + tokenizer in `path`."""
     torch.manual_seed(config.seed)
     if config.threads:
         torch.set_num_threads(config.threads)
@@ -144,7 +144,7 @@ def train_sft(config: SFTConfig) -> SFTResult:
     if not math.isfinite(accuracy) or accuracy < config.target_accuracy:
         print(f"warning: SFT stopped at max_steps={config.max_steps} with held-out accuracy {accuracy:.3f} "
               f"< target {config.target_accuracy}")
-    path = Path(config.output_dir) if config.output_dir else default_output_dir(config)
+    path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
@@ -156,19 +156,21 @@ Config = SFTConfig
 
 def train(config: SFTConfig) -> dict:
     """Entry point of `rlcore train` / `rlcore sft`: train, report before/after accuracy."""
-    result = train_sft(config)
+    from rlcore.tracking import new_run_dir
+
+    result = train_sft(config, config.output_dir or new_run_dir("runs", "", "sft"))
     print(f"SFT on {config.task}: held-out greedy accuracy {result.start_accuracy:.1%} -> {result.accuracy:.1%} "
           f"in {result.steps} steps, {result.seconds:.0f} s; saved to {result.path}")
     return asdict(result)
 
 
 def sft_checkpoint(config: SFTConfig) -> str:
-    """The cached checkpoint for `config`, trained on first use (safe across processes)."""
+    """The cached checkpoint for `config` (what `sft:<task>` names), trained on first use (safe across processes)."""
     from filelock import FileLock
 
-    path = Path(config.output_dir) if config.output_dir else default_output_dir(config)
+    path = default_output_dir(config)
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(path) + ".lock"):
         if not (path / "config.json").exists():
-            train_sft(config)
+            train_sft(config, path)
     return str(path)

@@ -55,6 +55,9 @@ def test_nested_prefix_in_messages():
 
 def test_int_accepted_for_float_but_not_bool_for_int():
     assert from_dict(LearnerConfig, {"lr": 1}).lr == 1.0
+    assert load_config(LearnerConfig, None, ["lr=4e-4"]).lr == 4e-4  # YAML reads 4e-4 as a string
+    with pytest.raises(ConfigError, match="lr: expected float, got 'fast'"):
+        load_config(LearnerConfig, None, ["lr=fast"])
     with pytest.raises(ConfigError, match="micro_batch_size: expected int"):
         from_dict(LearnerConfig, {"micro_batch_size": True})
 

@@ -146,7 +146,7 @@ def test_ray_up_submit_and_down(local_cluster, tmp_path):
     checkpoint = tmp_path / "sft"
     start = time.time()
     done = subprocess.run(
-        [sys.executable, "-m", "launch.cli", "submit", "launch/configs/main.yaml", "max_steps=5", "eval_every=5",
+        [sys.executable, "-m", "launch.cli", "submit", "launch/configs/sft_tiny.yaml", "max_steps=5", "eval_every=5",
          "eval_size=16", "batch_size=32", f"output_dir={checkpoint}",
          "--address", f"http://127.0.0.1:{ports['dashboard-port']}", "--python", sys.executable],
         cwd=ROOT, env=cli_env(), capture_output=True, text=True, timeout=600)

@@ -26,7 +26,7 @@ from rlcore.distributed import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 RAY = str(Path(sys.executable).parent / "ray")
-TINY_JOB = ["launch/configs/main.yaml", "max_steps=5", "eval_every=5", "eval_size=16", "batch_size=32"]
+TINY_JOB = ["launch/configs/sft_tiny.yaml", "max_steps=5", "eval_every=5", "eval_size=16", "batch_size=32"]
 
 
 def cli_env() -> dict[str, str]:
@@ -134,15 +134,15 @@ def test_no_wait_returns_at_once_and_a_failing_job_is_reported(ray_head):
 
 
 def test_a_bad_override_fails_before_submitting():
-    done = run_cli("submit", "launch/configs/main.yaml", "no_such_key=1", "--address", "http://127.0.0.1:9")
+    done = run_cli("submit", "launch/configs/sft_tiny.yaml", "no_such_key=1", "--address", "http://127.0.0.1:9")
     assert done.returncode == 2 and "no_such_key" in done.stderr and "ray job submit" not in done.stdout
 
 
 def test_submit_command_line(tmp_path):
-    command = submit_command("launch/configs/main.yaml", ["max_steps=5"], "http://head:8265", "job-1",
+    command = submit_command("launch/configs/sft_tiny.yaml", ["max_steps=5"], "http://head:8265", "job-1",
                              python="/opt/venv/bin/python", working_dir=ROOT, env={"HF_TOKEN": "x"})
     split = command.index("--")
-    assert command[split + 1 :] == ["/opt/venv/bin/python", "-m", "launch.cli", "train", "launch/configs/main.yaml",
+    assert command[split + 1 :] == ["/opt/venv/bin/python", "-m", "launch.cli", "train", "launch/configs/sft_tiny.yaml",
                                     "max_steps=5"]
     options = dict(zip(command[3:split:2], command[4:split:2]))
     assert options["--address"] == "http://head:8265" and options["--working-dir"] == str(ROOT)
