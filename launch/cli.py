@@ -2,6 +2,9 @@
 
     rlcore train CONFIG.yaml [key.sub=value ...]   run the algorithm the file names (`algorithm: ppo`)
     rlcore sft [CONFIG.yaml] [key=value ...]       supervised warm start on a task
+    rlcore submit CONFIG.yaml [key=value ...]      run `rlcore train` as a Ray job on a cluster
+    rlcore train-rm / train-themis / themis-eval   reward models (see launch/reward_cmds.py)
+    rlcore bench [CONFIG.yaml]                     compare the algorithms' compute cost
 """
 
 from __future__ import annotations
@@ -16,6 +19,9 @@ from rlcore.config import ConfigError, load_config, read_yaml
 # algorithm name -> module with a `Config` dataclass and `train(config) -> dict`
 ALGORITHMS = {
     "sft": "rlcore.sft",
+    "self_rewarding": "algorithms.self_rewarding",
+    "ppo": "algorithms.ppo",
+    "rrhf": "algorithms.rrhf",
 }
 
 
@@ -51,6 +57,7 @@ COMMANDS["submit"] = lambda args: importlib.import_module("launch.submit").cmd_s
 COMMANDS["train-rm"] = lambda args: importlib.import_module("launch.reward_cmds").cmd_train_rm(args)
 COMMANDS["train-themis"] = lambda args: importlib.import_module("launch.reward_cmds").cmd_train_themis(args)
 COMMANDS["themis-eval"] = lambda args: importlib.import_module("launch.reward_cmds").cmd_themis_eval(args)
+COMMANDS["bench"] = lambda args: importlib.import_module("launch.bench").cmd_bench(args)  # algorithms' compute cost
 
 
 def main(argv: list[str] | None = None) -> int:
