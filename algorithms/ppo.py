@@ -33,7 +33,7 @@ import torch
 from tqdm import tqdm
 
 from actors.critic import CriticWorker
-from actors.driver import generate, greedy_accuracy, push_weights
+from actors.driver import generate, greedy_accuracy, push_weights, usage_metrics
 from actors.learner import LearnerWorker
 from actors.reference import ReferenceWorker
 from actors.reward import RewardWorker
@@ -126,6 +126,11 @@ class Topology:
         for group in (self.rollout_workers, self.reward_workers, self.reference, self.critic, self.learner):
             group.kill()
 
+    def roles(self) -> dict[str, ActorGroup]:
+        """The groups by role name, for `usage_metrics`."""
+        return {"rollout": self.rollout_workers, "reward": self.reward_workers, "reference": self.reference,
+                "critic": self.critic, "learner": self.learner}
+
 
 def build_topology(config: Config) -> Topology:
     """Five groups, each sized and placed by its own role config."""
@@ -199,7 +204,7 @@ def train(config: Config) -> dict:
             with timer.phase("eval"):
                 first_accuracy = greedy_accuracy(topology.rollout_workers, task, eval_prompts,
                                                  config.rollout.max_new_tokens)
-            tracker.log({"heldout_accuracy": first_accuracy, **timer.pop()}, step=0)
+            tracker.log({"heldout_accuracy": first_accuracy, **timer.pop(), **usage_metrics(topology.roles())}, step=0)
         accuracy = first_accuracy
         progress = tqdm(range(first_step, config.steps + 1), desc="ppo", unit="step")
         for step in progress:
@@ -258,6 +263,7 @@ def train(config: Config) -> dict:
                     accuracy = greedy_accuracy(topology.rollout_workers, task, eval_prompts,
                                                config.rollout.max_new_tokens)
                 metrics["heldout_accuracy"] = accuracy
+                metrics.update(usage_metrics(topology.roles()))  # actor-seconds spent to reach this accuracy
             every = config.tracking.checkpoint_every
             if (every and step % every == 0) or step == config.steps:
                 with timer.phase("checkpoint"):
@@ -270,12 +276,14 @@ def train(config: Config) -> dict:
             metrics["tokens_per_s"] = batch.response_mask.sum().item() / max(times.get("time/generate", 1e-9), 1e-9)
             tracker.log({**metrics, **times}, step=step)
             progress.set_postfix(reward=f"{metrics['reward']:.2f}", acc=f"{accuracy:.2f}", kl=f"{metrics['kl']:.3f}")
+        final_usage = usage_metrics(topology.roles())
+        tracker.log(final_usage, step=config.steps)
         tracker.close()
     finally:
         topology.kill()
     result = {"algorithm": "ppo", "run_dir": str(run_dir), "steps": config.steps,
               "heldout_accuracy_before": first_accuracy, "heldout_accuracy_after": accuracy,
-              "wall_seconds": round(time.time() - start, 1)}
+              "wall_seconds": round(time.time() - start, 1), **final_usage}
     print(f"PPO on {config.task.name}: held-out greedy accuracy {first_accuracy:.1%} -> {accuracy:.1%} "
           f"after {config.steps} steps; {result['wall_seconds']:.0f} s this run; metrics in {run_dir}/metrics.jsonl")
     return result
