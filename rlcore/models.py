@@ -147,6 +147,7 @@ def load_tokenizer(name_or_path: str):
 def load_model(name_or_path: str, head: str = "causal_lm", dtype: str = "float32"):
     """Load a model with one of three heads: "causal_lm", "reward" (sequence scalar) or "value" (token scalar)."""
     from transformers import (
+        AutoConfig,
         AutoModelForCausalLM,
         AutoModelForSequenceClassification,
         AutoModelForTokenClassification,
@@ -159,10 +160,15 @@ def load_model(name_or_path: str, head: str = "causal_lm", dtype: str = "float32
     }
     if head not in classes:
         raise ValueError(f"unknown model head {head!r}; allowed: {sorted(classes)}")
+    path = resolve_model(name_or_path)
     kwargs = {"dtype": getattr(torch, dtype)}
     if head != "causal_lm":
-        kwargs["num_labels"] = 1
-    model = classes[head].from_pretrained(resolve_model(name_or_path), **kwargs)
+        # no dropout in the scalar heads (transformers' token head defaults to 0.1): values and rewards
+        # must not depend on a random stream, or training and resumed runs differ
+        config = AutoConfig.from_pretrained(path, num_labels=1)
+        config.classifier_dropout = 0.0  # (passed to from_pretrained, transformers 5 drops this key)
+        kwargs["config"] = config
+    model = classes[head].from_pretrained(path, **kwargs)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = model.config.eos_token_id
     return model

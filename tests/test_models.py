@@ -58,4 +58,6 @@ def test_heads_and_logprobs_follow_left_padding():
         rewards = load_model("tiny:arithmetic", head="reward")(input_ids=batch.input_ids,
                                                               attention_mask=batch.attention_mask).logits
     assert values.shape == batch.response_mask.shape and values[0, 2] == 0
+    value_model = load_model("tiny:arithmetic", head="value").train()
+    assert torch.equal(response_values(value_model, batch), response_values(value_model, batch))  # no dropout
     assert rewards.shape == (2, 1)
