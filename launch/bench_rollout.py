@@ -182,15 +182,15 @@ def bench_weight_sync(model: str, args) -> dict:
 
 
 def print_table(results: dict) -> None:
-    if results["generation"] is not None:
-        print_generation(results)
-    print_weight_sync(results)
+    for name, gen in results["generation"].items():
+        print_generation(name, gen, results["args"])
+    if results["weight_sync"]:
+        print_weight_sync(results)
 
 
-def print_generation(results: dict) -> None:
-    gen = results["generation"]
-    print(f"\ngeneration, tiny model, {results['args']['prompts']} prompts x n={results['args']['n']}, "
-          f"{results['args']['max_new_tokens']} new tokens max (median of {results['args']['reps']})")
+def print_generation(model: str, gen: dict, args: dict) -> None:
+    print(f"\ngeneration, {model} model, {args['prompts']} prompts x n={args['n']}, "
+          f"{args['max_new_tokens']} new tokens max (median of {args['reps']})")
     print(f"{'path':<26}{'tokens':>8}{'seconds':>10}{'tokens/s':>11}")
     for name in ("vllm_in_process", "vllm_ray_actor", "transformers_in_process"):
         row = gen[name]
@@ -227,20 +227,25 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--max-new-tokens", type=int, default=16)
     parser.add_argument("--workers", type=int, default=2, help="rollout workers receiving each weight update")
     parser.add_argument("--threads", type=int, default=0, help="compute threads per engine (0 = all cores)")
-    parser.add_argument("--kv-cache-gib", type=float, default=0.25)
+    parser.add_argument("--kv-cache-gib", type=float, default=0.5, help="per engine; 64 x 4 sequences of the 100m model need ~0.4")
     parser.add_argument("--object-store-gib", type=float, default=1.5)
     parser.add_argument("--skip-big", action="store_true", help="weight sync for the tiny model only")
     parser.add_argument("--skip-generation", action="store_true", help="weight sync only")
+    parser.add_argument("--generation-big", action="store_true", help="time generation on the 100m model too")
+    parser.add_argument("--skip-sync", action="store_true", help="generation only")
     args = parser.parse_args(argv)
 
     tiny = resolve_model("tiny:arithmetic")
     models = {"tiny": tiny} if args.skip_big else {"tiny": tiny, "100m": str(build_tiny_model(BIG_SPEC))}
     init_ray(num_cpus=2, object_store_memory=int(args.object_store_gib * 1024**3))
     try:
-        results = {"args": vars(args), "generation": None if args.skip_generation else bench_generation(tiny, args)}
-        results["weight_sync"] = {}
+        results = {"args": vars(args), "generation": {}, "weight_sync": {}}
         for name, path in models.items():
-            results["weight_sync"][name] = bench_weight_sync(path, args)
+            if not args.skip_generation and (name == "tiny" or args.generation_big):
+                results["generation"][name] = bench_generation(path, args)
+        for name, path in models.items():
+            if not args.skip_sync:
+                results["weight_sync"][name] = bench_weight_sync(path, args)
     finally:
         ray.shutdown()
     print_table(results)
