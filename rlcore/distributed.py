@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
@@ -272,23 +273,40 @@ def _usage_snapshot(actor: Any) -> dict[str, Any]:
     return usage.snapshot()
 
 
-def with_retries(call: Callable[[], R], retries: int, what: str, before_retry: Callable[[], Any] | None = None) -> R:
-    """`call()`, retried up to `retries` times when an actor under it dies.
+def with_retries(
+    call: Callable[[], R],
+    retries: int,
+    what: str,
+    before_retry: Callable[[], Any] | None = None,
+    restart_timeout_s: float = 300.0,
+) -> R:
+    """`call()`, retried when an actor under it dies: at most `retries` deaths, each followed by a restart.
 
     Ray restarts an actor created with `max_restarts` (it runs `__init__` again,
-    on the same bundle) and queues calls until it is back; `before_retry` brings
-    it up to date first (e.g. re-sends the policy's weights to rollout workers).
+    on the same bundle); calls made while it restarts fail as unavailable, so
+    they are repeated once a second for up to `restart_timeout_s`. Before each
+    retry `before_retry` brings the restarted actors up to date (e.g. re-sends
+    the policy's weights to rollout workers).
     """
-    for attempt in range(retries + 1):
+    deaths, waiting_since, stale = 0, None, False
+    while True:
         try:
-            return call()
-        except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as err:
-            if attempt == retries:
-                raise RuntimeError(f"{what}: an actor failed {retries + 1} times in a row; giving up") from err
-            print(f"warning: {what}: actor failure ({type(err).__name__}); retry {attempt + 1} of {retries}")
-            if before_retry is not None:
+            if stale and before_retry is not None:
                 before_retry()
-    raise AssertionError("unreachable")
+            stale = False
+            return call()
+        except ray.exceptions.ActorUnavailableError as err:  # restarting (or briefly unreachable): wait
+            stale = True
+            waiting_since = waiting_since or time.monotonic()
+            if time.monotonic() - waiting_since > restart_timeout_s:
+                raise RuntimeError(f"{what}: an actor stayed unavailable for {restart_timeout_s:.0f} s") from err
+            time.sleep(1.0)
+        except ray.exceptions.RayActorError as err:  # died; Ray restarts it if it has restarts left
+            deaths += 1
+            if deaths > retries:
+                raise RuntimeError(f"{what}: actors died {deaths} times; giving up after {retries} retries") from err
+            print(f"warning: {what}: an actor died ({type(err).__name__}); retry {deaths} of {retries}")
+            stale, waiting_since = True, time.monotonic()
 
 
 def free_port() -> int:
