@@ -18,7 +18,11 @@ def generate(rollout_workers: ActorGroup[RolloutWorker], prompts: list[str], sam
         actor.generate.remote([prompts[i] for i in chunk], sampling, chunk)
         for actor, chunk in zip(rollout_workers.actors, chunks)
     ]
-    return Batch.cat(gather(refs))
+    batch = Batch.cat(gather(refs))
+    skipped = len(prompts) - len(set(batch.group.tolist()))
+    if skipped:
+        print(f"warning: {skipped} of {len(prompts)} prompts skipped: longer than the model's context allows")
+    return batch
 
 
 def greedy_accuracy(rollout_workers: ActorGroup[RolloutWorker], task, prompts: list[str], max_new_tokens: int) -> float:

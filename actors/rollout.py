@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from transformers import AutoConfig
 
 from actors.vllm_ext import EMBEDDINGS, EXTENSION, LM_HEAD
 from rlcore.batch import Batch, make_batch
@@ -133,6 +134,8 @@ class RolloutWorker:
         self.base_weights = _load_safetensors(self.model_path) if enable_lora else None
         self.llm = None
         self.hf_model = None
+        self.max_context = AutoConfig.from_pretrained(self.model_path).max_position_embeddings
+        """Longest prompt + response the model takes; longer prompts are skipped by `generate`."""
         if config.engine == "vllm":
             self.llm = _start_vllm(self.model_path, config, dtype, self.on_gpu)
         else:
@@ -152,6 +155,13 @@ class RolloutWorker:
             raise ValueError(f"{len(group_ids)} group ids for {len(prompts)} prompts")
         group_ids = list(range(len(prompts))) if group_ids is None else list(group_ids)
         prompt_ids = encode_prompts(self.tokenizer, prompts)
+        limit = self.max_context - sampling.max_new_tokens
+        fits = [i for i, ids in enumerate(prompt_ids) if len(ids) <= limit]
+        if len(fits) < len(prompts):  # over-length prompts are skipped; callers count the missing groups
+            if not fits:
+                raise ValueError(f"all {len(prompts)} prompts are longer than {limit} tokens (context "
+                                 f"{self.max_context} minus max_new_tokens {sampling.max_new_tokens})")
+            prompts, group_ids, prompt_ids = ([xs[i] for i in fits] for xs in (prompts, group_ids, prompt_ids))
         if self.llm is not None:
             responses, logprobs = self._generate_vllm(prompt_ids, sampling, group_ids)
         else:

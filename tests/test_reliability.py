@@ -148,3 +148,16 @@ def test_with_retries_waits_for_restarts_and_bounds_deaths():
 
     with pytest.raises(RuntimeError, match="step: actors died 3 times; giving up after 2 retries"):
         with_retries(always_dead, 2, "step")
+
+
+def test_over_length_prompts_are_skipped_and_all_too_long_is_an_error():
+    """A prompt that cannot fit with max_new_tokens in the model's context is dropped (its group is missing)."""
+    from actors.rollout import RolloutWorker, Sampling
+    from rlcore.config import RolloutConfig
+
+    worker = RolloutWorker("tiny:arithmetic", RolloutConfig(engine="transformers", threads=1))
+    long_prompt = "1+" * 200 + "1="  # ~400 tokens; the tiny model's context is 256
+    batch = worker.generate(["1+1=", long_prompt, "2+2="], Sampling(n=2, max_new_tokens=4), group_ids=[7, 8, 9])
+    assert batch.group.tolist() == [7, 7, 9, 9]
+    with pytest.raises(ValueError, match="all 1 prompts are longer than 252 tokens"):
+        worker.generate([long_prompt], Sampling(max_new_tokens=4))
