@@ -44,12 +44,13 @@ def push_weights(learner: ActorGroup[LearnerWorker], *receivers: ActorGroup) -> 
 def usage_metrics(groups: dict[str, ActorGroup]) -> dict[str, float]:
     """What each role has spent so far, measured inside its replicas (`rlcore.usage`), as metrics:
 
-        usage/<role>/busy_s, cpu_s, calls     sums over the role's replicas
+        usage/<role>/busy_s, busy_cpu_s,      sums over the role's replicas (rlcore.usage.snapshot)
+                     cpu_s, calls
         usage/<role>/peak_rss_mb, gpu_peak_mb  the largest replica's
         usage/<role>/replicas
         usage/<role>/tokens_generated          response tokens its `generate` calls returned
         usage/<role>/tokens_trained            response tokens its `train_step` calls took
-        usage/busy_s                           busy actor-seconds of all roles together
+        usage/busy_s, usage/busy_cpu_s        busy actor-seconds (wall, CPU) of all roles together
 
     `groups` names the roles: {"rollout": topology.rollout_workers, "learner": topology.learner, ...};
     empty groups are left out.
@@ -58,7 +59,7 @@ def usage_metrics(groups: dict[str, ActorGroup]) -> dict[str, float]:
     metrics: dict[str, float] = {}
     for role, replicas in snapshots.items():
         prefix = f"usage/{role}/"
-        for key in ("busy_s", "cpu_s", "calls"):
+        for key in ("busy_s", "busy_cpu_s", "cpu_s", "calls"):
             metrics[prefix + key] = sum(s[key] for s in replicas)
         for key in ("peak_rss_mb", "gpu_peak_mb"):
             metrics[prefix + key] = max(s[key] for s in replicas)
@@ -68,4 +69,5 @@ def usage_metrics(groups: dict[str, ActorGroup]) -> dict[str, float]:
         metrics[prefix + "tokens_trained"] = sum(s["methods"].get("train_step", {}).get("tokens_in", 0)
                                                  for s in replicas)
     metrics["usage/busy_s"] = sum(metrics[f"usage/{role}/busy_s"] for role in snapshots)
+    metrics["usage/busy_cpu_s"] = sum(metrics[f"usage/{role}/busy_cpu_s"] for role in snapshots)
     return metrics

@@ -4,19 +4,21 @@
     python -m launch.themis_eval launch/configs/rm_themis_calendar.yaml
 
 The same tiny model (a tokenizer trained on the training rows' text, the same
-initial weights) is trained twice on the same training split (seeded shuffle,
-`heldout_fraction` held out), for the same number of steps:
+initial weights) is trained three times on the same training split (seeded
+shuffle, `heldout_fraction` held out), for the same number of epochs:
 
-    tools   Themis: question + answer, then the tool trace and rationale; LM loss on the
-            model-written text + pairwise ranking loss; reward from the final token
-    plain   question + answer only; pairwise ranking loss alone
+    tools                Themis: question + answer, then the tool trace and rationale; LM loss on the
+                         model-written text + pairwise ranking loss; reward from the final token
+    tools, no rationale  the paper's w/o-L_T ablation: the trace ends at the observation
+    plain                question + answer only; pairwise ranking loss alone
 
-Held-out accuracy of the tool model is measured the way it would be used: it writes its
+Held-out accuracy of a tool model is measured the way it would be used: it writes its
 Thought / Action / Action Input, the real tool (rlcore.tools) runs, the observation is
 inserted, it writes its rationale, the value head scores the final token ("generated").
-The accuracy on the recorded traces (teacher forcing) is reported as well; it is not a
-fair test, because a recorded rationale already says whether the answer is right.
-Results go to <output_dir>/themis_eval.json.
+The accuracy on the recorded traces (teacher forcing) is reported as well; with a
+rationale it is not a fair test, because a recorded rationale already says whether the
+answer is right. Results go to <output_dir>/themis_eval.json; `variants=...` picks a
+subset (comma-separated: tools,no_rationale,plain).
 """
 
 from __future__ import annotations
@@ -30,39 +32,47 @@ from pathlib import Path
 
 from rlcore.themis import ThemisConfig, train_themis
 
+VARIANTS = {
+    "tools": {"use_tools": True, "rationale": True},
+    "no_rationale": {"use_tools": True, "rationale": False},
+    "plain": {"use_tools": False},
+}
 
-def compare(config: ThemisConfig) -> dict:
+
+def compare(config: ThemisConfig, variants: tuple[str, ...] = tuple(VARIANTS)) -> dict:
+    unknown = sorted(set(variants) - set(VARIANTS))
+    if unknown:
+        raise ValueError(f"unknown variants {unknown}; choose from {list(VARIANTS)}")
     out = Path(config.output_dir or f"runs/themis-eval-{time.strftime('%Y%m%d-%H%M%S')}")
-    tools = train_themis(replace(config, use_tools=True, output_dir=str(out / "tools")))
-    plain = train_themis(replace(config, use_tools=False, output_dir=str(out / "plain")))
+    runs = {name: train_themis(replace(config, **VARIANTS[name], output_dir=str(out / name))) for name in variants}
+    first = next(iter(runs.values()))
     result = {
         "data": config.data,
-        "train_pairs": tools.train_pairs,
-        "heldout_pairs": tools.heldout_pairs,
-        "steps": tools.steps,
-        "themis_heldout_accuracy_generated": tools.heldout_accuracy_generated,
-        "themis_heldout_accuracy_recorded_traces": tools.heldout_accuracy_recorded,
-        "themis_tool_calls_without_error": tools.heldout_tool_calls_valid,
-        "plain_rm_heldout_accuracy": plain.heldout_accuracy_recorded,
-        "seconds": {"tools": tools.seconds, "plain": plain.seconds},
-        "load_average": _load_average(),
+        "train_pairs": first.train_pairs,
+        "heldout_pairs": first.heldout_pairs,
+        "steps": first.steps,
+        "heldout_accuracy": {name: run.heldout_accuracy_generated for name, run in runs.items()},
+        "heldout_accuracy_recorded_traces": {name: run.heldout_accuracy_recorded for name, run in runs.items()},
+        "tool_calls_without_error": {name: run.heldout_tool_calls_valid for name, run in runs.items()},
+        "seconds": {name: run.seconds for name, run in runs.items()},
+        "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
         "config": asdict(config),
-        "runs": {"tools": asdict(tools), "plain": asdict(plain)},
+        "runs": {name: asdict(run) for name, run in runs.items()},
     }
+    out.mkdir(parents=True, exist_ok=True)
     (out / "themis_eval.json").write_text(json.dumps(result, indent=2, default=str))
-    generated = tools.heldout_accuracy_generated
-    print(f"held-out pairwise accuracy on {tools.heldout_pairs} pairs of {config.data}:\n"
-          f"  Themis, generated trace + real tools : {'n/a' if generated is None else f'{generated:.1%}'}"
-          f" (calls without error: {tools.heldout_tool_calls_valid})\n"
-          f"  Themis, recorded trace (teacher-forced): {tools.heldout_accuracy_recorded:.1%}\n"
-          f"  plain RM (question + answer)           : {plain.heldout_accuracy_recorded:.1%}\n"
-          f"results in {out / 'themis_eval.json'}")
+    print(f"held-out pairwise accuracy on {first.heldout_pairs} pairs of {config.data}:")
+    for name, run in runs.items():
+        tool_note = ("" if run.heldout_tool_calls_valid is None
+                     else f"; calls without error {run.heldout_tool_calls_valid:.1%}")
+        print(f"  {name:13s} generated trace + real tools: {_percent(run.heldout_accuracy_generated)}"
+              f"   recorded trace (teacher-forced): {_percent(run.heldout_accuracy_recorded)}{tool_note}")
+    print(f"results in {out / 'themis_eval.json'}")
     return result
 
 
-def _load_average() -> list[float]:
-    """1, 5 and 15-minute load averages when the run ended (the machine may be shared)."""
-    return [round(x, 2) for x in os.getloadavg()]
+def _percent(value: float | None) -> str:
+    return "  n/a" if value is None else f"{value:5.1%}"
 
 
 def main(argv: list[str] | None = None) -> int:

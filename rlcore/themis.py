@@ -26,7 +26,9 @@ token-mean NLL of the tool-call text (Thought / Action / Action Input and the
 "Observation:" label, not the observations the tools wrote) and of the
 rationale (with its eos), on both answers of a pair. With `use_tools=False` the
 same model reads only "Question: ...\\nAnswer: ...\\n<eos>" and is trained by
-L_RM alone: a plain reward model, the paper's baseline.
+L_RM alone: a plain reward model, the paper's baseline. With `rationale=False`
+(the paper's "w/o L_T" ablation) the trace ends at the last observation: the
+model writes its calls, then eos, and the head reads the final token there.
 
 Scoring (`score_with_tools`) interleaves generation and tools: generate until
 the model writes "Observation:" or eos; parse its action (`rlcore.tools`), run
@@ -54,6 +56,7 @@ from torch import nn
 from tqdm import tqdm
 
 from rlcore.losses import pairwise_reward_loss, sequence_logprobs, sft_loss
+from rlcore.reward_model import last_token_values, right_pad, split_rows
 from rlcore.tara import NO_TOOL_THOUGHT, TaraAnswer, TaraRow, load_tara
 from rlcore.tools import TOOLS, Tool, ToolContext, parse_action, run_tool
 
@@ -91,10 +94,14 @@ def trace_segments(answer: TaraAnswer) -> list[Segment]:
     return segments
 
 
-def example_segments(question: str, answer: TaraAnswer, use_tools: bool) -> list[Segment]:
-    """What the model is trained on for one answer: the context, then (with tools) the trace and rationale."""
+def example_segments(question: str, answer: TaraAnswer, use_tools: bool, rationale: bool = True) -> list[Segment]:
+    """What the model is trained on for one answer: the context, then (with tools) the trace and (with
+    `rationale`) the rationale."""
     context = Segment("context", context_text(question, answer.answer))
-    return [context, *trace_segments(answer)] if use_tools else [context]
+    if not use_tools:
+        return [context]
+    trace = trace_segments(answer)
+    return [context, *(trace if rationale else trace[:-1])]
 
 
 def split_generated(text: str) -> list[Segment]:
@@ -108,16 +115,17 @@ def split_generated(text: str) -> list[Segment]:
 def encode_segments(tokenizer, segments: Sequence[Segment], add_eos: bool) -> tuple[list[int], list[str]]:
     """Token ids (bos, each segment tokenised on its own, optionally eos) and each token's segment kind.
 
-    The bos is "context"; the eos takes the kind of the last segment (the rationale's eos is learnt,
-    so the model learns to stop)."""
+    The bos is "context". The eos is written by the model (so it learns to stop) unless the example is
+    the context alone: "rationale" after a rationale, "tool" after the model's calls or an observation."""
     ids, kinds = [tokenizer.bos_token_id], ["context"]
     for segment in segments:
         piece = tokenizer(segment.text, add_special_tokens=False)["input_ids"]
         ids += piece
         kinds += [segment.kind] * len(piece)
     if add_eos:
+        last = segments[-1].kind if segments else "context"
         ids.append(tokenizer.eos_token_id)
-        kinds.append(segments[-1].kind if segments else "context")
+        kinds.append("tool" if last == "observation" else last)
     return ids, kinds
 
 
@@ -144,16 +152,16 @@ class ThemisModel(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Right-padded input_ids, attention_mask [B, T] -> logits [B, T, V], rewards [B] (fp32)."""
         hidden = self.lm.get_decoder()(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        logits = self.lm.get_output_embeddings()(hidden)
-        last = attention_mask.long().sum(1) - 1
-        final = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
-        return logits, self.value_head(final).squeeze(-1).float()
+        return self.lm.get_output_embeddings()(hidden), self._rewards(hidden, attention_mask)
 
     @torch.no_grad()
     def rewards(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Rewards alone (no logits): [B]."""
         hidden = self.lm.get_decoder()(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        last = attention_mask.long().sum(1) - 1
-        return self.value_head(hidden[torch.arange(hidden.shape[0]), last]).squeeze(-1).float()
+        return self._rewards(hidden, attention_mask)
+
+    def _rewards(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.value_head(last_token_values(hidden, attention_mask)).squeeze(-1).float()
 
     def save(self, folder: str | Path, tokenizer=None, info: dict | None = None) -> Path:
         from safetensors.torch import save_file
@@ -182,16 +190,6 @@ class ThemisModel(nn.Module):
         head = nn.Linear(tensors["weight"].shape[1], 1)
         head.load_state_dict(tensors)
         return cls(lm, head.to(dtype)).eval()
-
-
-def right_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(row) for row in rows)
-    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):
-        input_ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
-        attention_mask[i, : len(row)] = 1
-    return input_ids, attention_mask
 
 
 @torch.no_grad()
@@ -391,6 +389,9 @@ class ThemisConfig:
     """Seed of the train / held-out split."""
     use_tools: bool = True
     """true: Themis (trace + rationale, LM and ranking losses); false: a plain RM on question + answer."""
+    rationale: bool = True
+    """false: Themis without the rationale (the paper's w/o L_T ablation): the reward is read after the
+    last observation."""
     model: str = "tiny"
     """tiny: a tiny LM with a tokenizer trained on the training rows' text (shape below); else a causal LM
     folder or Hub name."""
@@ -430,8 +431,6 @@ class ThemisConfig:
     def __post_init__(self) -> None:
         from rlcore.config import check_range
 
-        if isinstance(self.tiny, dict):
-            self.tiny = TinyLMSpec(**self.tiny)
         check_range("heldout_fraction", self.heldout_fraction, 0.01, 0.9)
         check_range("epochs", self.epochs, 1)
         check_range("batch_size", self.batch_size, 1)
@@ -444,6 +443,7 @@ class ThemisConfig:
 class ThemisResult:
     path: str
     use_tools: bool
+    rationale: bool
     train_pairs: int
     heldout_pairs: int
     steps: int
@@ -469,9 +469,10 @@ class PairBatch:
     rationale_mask: torch.Tensor
 
 
-def make_pair_batch(tokenizer, rows: list[TaraRow], use_tools: bool, max_length: int) -> PairBatch:
-    examples = [example_segments(row.question, row.pos, use_tools) for row in rows]
-    examples += [example_segments(row.question, row.neg, use_tools) for row in rows]
+def make_pair_batch(tokenizer, rows: list[TaraRow], use_tools: bool, max_length: int,
+                    rationale: bool = True) -> PairBatch:
+    examples = [example_segments(row.question, row.pos, use_tools, rationale) for row in rows]
+    examples += [example_segments(row.question, row.neg, use_tools, rationale) for row in rows]
     encoded = [encode_segments(tokenizer, segments, add_eos=True) for segments in examples]
     encoded = [(ids[-max_length:], kinds[-max_length:]) for ids, kinds in encoded]
     input_ids, attention_mask = right_pad([ids for ids, _ in encoded], tokenizer.pad_token_id)
@@ -502,12 +503,12 @@ def pair_accuracy(pos: Sequence[float], neg: Sequence[float]) -> float:
 
 
 def recorded_accuracy(model: ThemisModel, tokenizer, rows: list[TaraRow], use_tools: bool,
-                      max_length: int = 512) -> float:
+                      max_length: int = 512, rationale: bool = True) -> float:
     """Held-out pairwise accuracy on the recorded traces (teacher forcing)."""
-    pos = score_segments(model, tokenizer, [example_segments(r.question, r.pos, use_tools) for r in rows],
-                         max_length=max_length)
-    neg = score_segments(model, tokenizer, [example_segments(r.question, r.neg, use_tools) for r in rows],
-                         max_length=max_length)
+    pos = score_segments(model, tokenizer, [example_segments(r.question, r.pos, use_tools, rationale)
+                                            for r in rows], max_length=max_length)
+    neg = score_segments(model, tokenizer, [example_segments(r.question, r.neg, use_tools, rationale)
+                                            for r in rows], max_length=max_length)
     return pair_accuracy(pos.tolist(), neg.tolist())
 
 
@@ -526,6 +527,12 @@ def generated_accuracy(model: ThemisModel, tokenizer, rows: list[TaraRow], confi
     return pair_accuracy(rewards[: len(rows)], rewards[len(rows) :]), valid, traces
 
 
+def variant_name(config: ThemisConfig) -> str:
+    if not config.use_tools:
+        return "plain"
+    return "tools" if config.rationale else "tools, no rationale"
+
+
 def _lr_factor(step: int, warmup: int, total: int) -> float:
     if step < warmup:
         return (step + 1) / warmup
@@ -538,7 +545,6 @@ def train_themis(config: ThemisConfig, rows: list[TaraRow] | None = None) -> The
     from transformers import AutoModelForCausalLM
 
     from rlcore.models import load_tokenizer
-    from rlcore.reward_model import split_rows
 
     torch.manual_seed(config.seed)
     if config.threads:
@@ -563,14 +569,14 @@ def train_themis(config: ThemisConfig, rows: list[TaraRow] | None = None) -> The
     order_rng = random.Random(config.seed)
     start = time.time()
     recent: list[dict] = []
-    progress = tqdm(total=total, desc=f"train-themis ({'tools' if config.use_tools else 'plain'})", unit="step")
+    progress = tqdm(total=total, desc=f"train-themis ({variant_name(config)})", unit="step")
     for _ in range(config.epochs):
         order = list(range(len(train)))
         order_rng.shuffle(order)
         for first in range(0, len(order), config.batch_size):
             model.train()
             batch = make_pair_batch(tokenizer, [train[i] for i in order[first : first + config.batch_size]],
-                                    config.use_tools, config.max_length)
+                                    config.use_tools, config.max_length, config.rationale)
             loss, stats = themis_loss(model, batch, config.rank_weight, config.tool_weight, config.rationale_weight)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -582,19 +588,19 @@ def train_themis(config: ThemisConfig, rows: list[TaraRow] | None = None) -> The
             progress.set_postfix(loss=f"{stats['loss']:.3f}", rank=f"{stats['rank_loss']:.3f}")
     progress.close()
     final_losses = {key: sum(s[key] for s in recent) / len(recent) for key in recent[0]}
-    recorded = recorded_accuracy(model, tokenizer, heldout, config.use_tools, config.max_length)
+    recorded = recorded_accuracy(model, tokenizer, heldout, config.use_tools, config.max_length, config.rationale)
     generated, valid = None, None
     if config.use_tools and config.eval_generate:
         generated, valid, traces = generated_accuracy(model, tokenizer, heldout, config)
-        (out / "heldout_traces.jsonl").parent.mkdir(parents=True, exist_ok=True)
+        out.mkdir(parents=True, exist_ok=True)
         with open(out / "heldout_traces.jsonl", "w") as file:
             for trace in traces:
                 file.write(json.dumps({"reward": trace.reward, "calls": trace.calls, "finished": trace.finished,
                                        "text": trace.text}) + "\n")
     elif not config.use_tools:
         generated = recorded
-    result = ThemisResult(str(out), config.use_tools, len(train), len(heldout), total, round(time.time() - start, 1),
-                          recorded, generated, valid, final_losses)
+    result = ThemisResult(str(out), config.use_tools, config.rationale, len(train), len(heldout), total,
+                          round(time.time() - start, 1), recorded, generated, valid, final_losses)
     model.save(out, tokenizer, {"config": asdict(config), "result": asdict(result)})
     return result
 
@@ -605,10 +611,9 @@ Config = ThemisConfig
 def train(config: ThemisConfig) -> dict:
     """Entry point of `rlcore train-themis`."""
     result = train_themis(config)
-    kind = "tool-augmented" if config.use_tools else "plain"
     generated = ("n/a" if result.heldout_accuracy_generated is None
                  else f"{result.heldout_accuracy_generated:.1%}")
-    print(f"{kind} reward model on {config.data}: held-out pairwise accuracy {generated} "
+    print(f"reward model ({variant_name(config)}) on {config.data}: held-out pairwise accuracy {generated} "
           f"(recorded traces: {result.heldout_accuracy_recorded:.1%}; {result.heldout_pairs} pairs) "
           f"in {result.steps} steps, {result.seconds:.0f} s; saved to {result.path}")
     return asdict(result)

@@ -8,12 +8,16 @@ the actor (`ActorGroup.usage()`).
         @busy
         def generate(self, prompts, sampling, group_ids=None) -> Batch: ...
 
-    snapshot()  # {"busy_s": 3.2, "cpu_s": 5.9, "peak_rss_mb": 812.0, "gpu_peak_mb": 0.0, "calls": 7,
-                #  "methods": {"generate": {"busy_s": 3.2, "calls": 7, "tokens_in": 0, "tokens_out": 1804}}}
+    snapshot()  # {"busy_s": 3.2, "busy_cpu_s": 5.1, "cpu_s": 9.9, "peak_rss_mb": 812.0, "gpu_peak_mb": 0.0,
+                #  "calls": 7, "methods": {"generate": {"busy_s": 3.2, "busy_cpu_s": 5.1, "calls": 7,
+                #                                       "tokens_in": 0, "tokens_out": 1804}}}
 
-`busy_s` is the wall time spent inside decorated methods; a decorated method
-called from inside another one (a CriticWorker's LearnerWorker, say) counts
-once, in the outermost call. `tokens_in` / `tokens_out` are the response tokens
+`busy_s` is the wall time spent inside decorated methods, `busy_cpu_s` the
+process's CPU time (all its threads) during them: on a shared machine the
+first grows with the load, the second much less. `cpu_s` is the process's CPU
+time since it started (model loading included). A decorated method called from
+inside another one (a CriticWorker's LearnerWorker, say) counts once, in the
+outermost call. `tokens_in` / `tokens_out` are the response tokens
 of a `Batch` argument / result: a rollout worker's `generate` tokens_out are the
 tokens it generated, a learner's `train_step` tokens_in the tokens it trained on.
 """
@@ -43,13 +47,14 @@ def busy(method: F) -> F:
     def counted(*args: Any, **kwargs: Any) -> Any:
         if not _enter():
             return method(*args, **kwargs)
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         result = None
         try:
             result = method(*args, **kwargs)
             return result
         finally:
-            _leave(method.__name__, time.perf_counter() - start, (*args, *kwargs.values()), result)
+            _leave(method.__name__, time.perf_counter() - start, time.process_time() - start_cpu,
+                   (*args, *kwargs.values()), result)
 
     return counted  # type: ignore[return-value]
 
@@ -62,11 +67,12 @@ def _enter() -> bool:
     return True
 
 
-def _leave(name: str, seconds: float, arguments: tuple, result: Any) -> None:
+def _leave(name: str, seconds: float, cpu_seconds: float, arguments: tuple, result: Any) -> None:
     # Module-level (not inside `counted`), so that an actor class pickled by value still counts in this module.
     _inside.depth = 0
-    row = _methods.setdefault(name, {"busy_s": 0.0, "calls": 0, "tokens_in": 0, "tokens_out": 0})
+    row = _methods.setdefault(name, {"busy_s": 0.0, "busy_cpu_s": 0.0, "calls": 0, "tokens_in": 0, "tokens_out": 0})
     row["busy_s"] += seconds
+    row["busy_cpu_s"] += cpu_seconds
     row["calls"] += 1
     row["tokens_in"] += next((_tokens(a) for a in arguments if isinstance(a, Batch)), 0)
     row["tokens_out"] += _tokens(result) if isinstance(result, Batch) else 0
@@ -78,6 +84,7 @@ def snapshot() -> dict[str, Any]:
     methods = {name: dict(row) for name, row in _methods.items()}
     return {
         "busy_s": sum(row["busy_s"] for row in methods.values()),
+        "busy_cpu_s": sum(row["busy_cpu_s"] for row in methods.values()),
         "cpu_s": time.process_time(),
         "peak_rss_mb": peak_rss_kib / 1024,
         "gpu_peak_mb": _gpu_peak_mb(),

@@ -135,7 +135,8 @@ def themis_dir(tmp_path_factory):
     from transformers import AutoModelForCausalLM
 
     from rlcore.tara import TaraAnswer, ToolCall
-    from rlcore.themis import ThemisModel, TinyLMSpec, build_tiny_lm, encode_segments, example_segments, right_pad
+    from rlcore.reward_model import right_pad
+    from rlcore.themis import ThemisModel, TinyLMSpec, build_tiny_lm, encode_segments, example_segments
 
     call = ToolCall("I need the week day.", "Calendar.week_day", "2008-06-16", "Monday")
     answer = TaraAnswer(CRAFTED_ANSWER, 1.0, (call,), "The tool agrees.")

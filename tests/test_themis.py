@@ -30,7 +30,6 @@ from rlcore.themis import (
     score_segments,
     split_generated,
     themis_loss,
-    train_themis,
 )
 from rlcore.tools import TOOLS, ToolContext
 
@@ -75,6 +74,7 @@ def test_trace_segments_render_like_tara(file_name):
             assert segments[-1].kind == "rationale"
             assert [s.kind for s in segments[1:-1]] == (["tool", "observation"] * len(answer.tool_calls) or ["tool"])
             assert example_segments(row.question, answer, use_tools=False) == segments[:1]
+            assert example_segments(row.question, answer, use_tools=True, rationale=False) == segments[:-1]
 
 
 def test_encode_segments_marks_what_the_model_writes(calendar_rows, tokenizer):
@@ -87,6 +87,11 @@ def test_encode_segments_marks_what_the_model_writes(calendar_rows, tokenizer):
     assert text_of("observation") == f" {row.neg.tool_calls[0].observation}\n"
     assert text_of("tool").endswith(f"Action Input: {row.neg.tool_calls[0].action_input}\n{OBSERVATION}")
     assert text_of("rationale").startswith("Rationale: ") and row.neg.answer in text_of("context")
+    # without a rationale the model still learns to stop: the eos after the observation is its own
+    ids, kinds = encode_segments(tokenizer, example_segments(row.question, row.neg, True, rationale=False), True)
+    assert kinds[-2:] == ["observation", "tool"] and ids[-1] == tokenizer.eos_token_id
+    ids, kinds = encode_segments(tokenizer, example_segments(row.question, row.neg, False), True)
+    assert set(kinds) == {"context"}  # a plain RM writes nothing
 
 
 def test_split_generated():
@@ -214,13 +219,26 @@ def test_tool_loop_bounds_the_number_of_calls(tokenizer):
 # ---------------------------------------------------------------------- end to end, shortened
 
 
-def test_train_themis_end_to_end_small(calendar_rows, tmp_path):
-    """The calendar measurement in miniature: 24 rows, a 2-layer model, 2 epochs, generated evaluation."""
-    config = ThemisConfig(tiny=SMALL, epochs=2, batch_size=8, max_new_tokens=24, output_dir=str(tmp_path / "t"))
-    result = train_themis(config, rows=calendar_rows)
-    assert (result.train_pairs, result.heldout_pairs) == (19, 5)
-    assert 0 <= result.heldout_accuracy_recorded <= 1 and 0 <= result.heldout_accuracy_generated <= 1
-    assert (tmp_path / "t" / "value_head.safetensors").exists() and (tmp_path / "t" / "heldout_traces.jsonl").exists()
-    plain = train_themis(ThemisConfig(tiny=SMALL, epochs=2, batch_size=8, use_tools=False,
-                                      output_dir=str(tmp_path / "p")), rows=calendar_rows)
-    assert plain.heldout_accuracy_generated == plain.heldout_accuracy_recorded
+def test_themis_eval_end_to_end_small(tmp_path):
+    """The calendar measurement (launch.themis_eval) in miniature: 20 rows, a 2-layer model, 2 epochs,
+    the three variants, the tool models evaluated with generated traces and real tool calls."""
+    import json
+
+    from launch.themis_eval import compare
+
+    with open(TARA / "calendar_train.jsonl") as source:
+        (tmp_path / "rows.jsonl").write_text("".join(line for line, _ in zip(source, range(20))))
+    config = ThemisConfig(data=str(tmp_path / "rows.jsonl"), tiny=SMALL, epochs=2, batch_size=8, max_new_tokens=24,
+                          output_dir=str(tmp_path / "eval"))
+    result = compare(config)
+    assert (result["train_pairs"], result["heldout_pairs"]) == (16, 4)
+    assert set(result["heldout_accuracy"]) == {"tools", "no_rationale", "plain"}
+    assert all(0 <= value <= 1 for value in result["heldout_accuracy"].values())
+    assert result["heldout_accuracy"]["plain"] == result["heldout_accuracy_recorded_traces"]["plain"]
+    assert result["tool_calls_without_error"]["plain"] is None
+    saved = json.loads((tmp_path / "eval" / "themis_eval.json").read_text())
+    assert saved["heldout_accuracy"] == result["heldout_accuracy"]
+    for name in ("tools", "no_rationale"):
+        assert (tmp_path / "eval" / name / "value_head.safetensors").exists()
+        traces = (tmp_path / "eval" / name / "heldout_traces.jsonl").read_text().splitlines()
+        assert len(traces) == 8 and all("Question:" in json.loads(t)["text"] for t in traces)

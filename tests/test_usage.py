@@ -60,6 +60,7 @@ def test_busy_counts_wall_time_once_for_nested_calls():
     worker.idle(0.1)  # undecorated: not busy
     stats = usage.snapshot()
     assert 0.1 <= stats["busy_s"] < 0.18
+    assert 0 <= stats["busy_cpu_s"] < 0.05  # sleeping costs no CPU
     assert stats["calls"] == 1 and list(stats["methods"]) == ["outer"]
     worker.inner(0.02)
     stats = usage.snapshot()
@@ -89,7 +90,7 @@ def test_failed_calls_are_counted_and_reraised():
 
 def test_snapshot_fields_and_decorated_methods_keep_their_names():
     stats = usage.snapshot()
-    assert set(stats) == {"busy_s", "cpu_s", "peak_rss_mb", "gpu_peak_mb", "calls", "methods"}
+    assert set(stats) == {"busy_s", "busy_cpu_s", "cpu_s", "peak_rss_mb", "gpu_peak_mb", "calls", "methods"}
     assert stats["peak_rss_mb"] > 10 and stats["cpu_s"] > 0
     assert stats["gpu_peak_mb"] == (torch.cuda.max_memory_allocated() / 1024**2
                                     if torch.cuda.is_available() and torch.cuda.is_initialized() else 0.0)
