@@ -21,11 +21,11 @@ for each algorithm (mean ± std over seeds, and min/max in report.json):
 Where the numbers come from and what they leave out:
 - Actor-seconds and tokens generated include the evaluations (the same
   held-out prompts for every algorithm; RRHF's also score training queries,
-  self-rewarding's also measure its judge). The table gives their number and what the first one (before any
-  training, so nothing else) cost; with `iterations` = prompts /
-  eval_every_prompts every algorithm evaluates equally often. They leave out
-  actor start-up (model loading, vLLM engine start), which the wall time
-  includes.
+  self-rewarding's also measure its judge). The table gives their number and
+  what the first one (before any training, so nothing else) cost; with
+  `iterations` = prompts / eval_every_prompts every algorithm evaluates equally
+  often. They leave out actor start-up (model loading, vLLM engine start),
+  which the wall time includes.
 - "Same prompts": PPO steps × prompts per step = RRHF rounds × queries per
   round = self-rewarding iterations × prompts written per iteration (before its
   filter drops malformed and duplicate ones). Responses per prompt follow each
