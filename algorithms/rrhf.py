@@ -94,7 +94,8 @@ class Config:
     diverse_temperatures: list[float] = field(default_factory=lambda: [0.0, 1.5])
     """Source "diverse": one policy sample per query at each of these temperatures (0 = greedy)."""
     data_path: str = ""
-    """Source "data": a JSONL / Parquet file of {"query", "responses", "scores"} rows; scores are the rewards."""
+    """Source "data": a JSONL / Parquet file of {"query", "responses", "scores"} rows; scores are the rewards.
+    Queries are user turns, formatted with the policy's chat template like task prompts."""
     rounds: int = 40
     """Sample → score → update rounds; 1 = offline, more = online / iterative (fresh queries each round)."""
     prompts_per_round: int = 64

@@ -106,6 +106,20 @@ def parse_score(text: str, max_score: int = 5) -> float | None:
     return value if 0.0 <= value <= max_score else None
 
 
+def reference_score(judgement: str, response: str, max_score: int = 5) -> float | None:
+    """Reference-guided grading (Zheng et al. 2023, "Judging LLM-as-a-Judge"): the judge first writes its own
+    answer to the prompt (first line of the judgement); the response scores max_score if it equals that
+    answer, else 0. None (malformed) when the judgement's first line is empty.
+
+    This is the tiny models' judge format: they learn to solve the task again from the judge prompt, not to
+    compare two numbers digit by digit and write a verdict (see algorithms/self_rewarding.py).
+    """
+    answer = judgement.strip().split("\n", 1)[0].strip()
+    if not answer:
+        return None
+    return float(max_score) if answer == response.strip() else 0.0
+
+
 def average_scores(samples: Sequence[float | None]) -> float | None:
     """Mean of the parsed samples (None entries dropped); None if none parsed.
 

@@ -36,13 +36,14 @@ from tqdm import tqdm
 
 from rlcore.batch import Batch
 from rlcore.judge import (COMPACT_JUDGE_TEMPLATE, JUDGE_RUBRIC, compact_judge_completion, exact_match, judge_prompt,
-                          kendall_tau, pairwise_accuracy, parse_score, spearman)
+                          kendall_tau, pairwise_accuracy, parse_score, reference_score, spearman)
 from rlcore.models import load_model, load_tokenizer, resolve_model, response_logits, token_logprobs
 from rlcore.sft import answer_batch, greedy_accuracy, greedy_responses
 from rlcore.tasks import Example, Task, get_task
 
-JUDGE_TEMPLATES = {"compact": COMPACT_JUDGE_TEMPLATE, "rubric": JUDGE_RUBRIC}
-"""Judge prompt formats by config name: the compact one for tiny models, the paper's rubric for real ones."""
+JUDGE_TEMPLATES = {"compact": COMPACT_JUDGE_TEMPLATE, "reference": COMPACT_JUDGE_TEMPLATE, "rubric": JUDGE_RUBRIC}
+"""Judge prompt of each judge format: compact and reference (tiny models) share the compact template; rubric is
+the paper's Figure 2 (real models)."""
 MAX_SCORE = 5
 """The additive rubric's top score."""
 
@@ -52,13 +53,27 @@ def verifier_score(task: Task, prompt: str, response: str) -> int:
     return MAX_SCORE if task.verify(prompt, response) else 0
 
 
-def judge_completion(score: int, template: str) -> str:
-    """What the judge is trained to write for `score`: " 5" (compact), or a justification then "Score: 5" (rubric)."""
+def judge_completion(score: int, template: str, prompt: str = "", reference: str = "") -> str:
+    """What the judge is trained to write for `score`, by judge format:
+
+        compact     " 5"                         the score alone
+        reference   " 19"                        its own answer; `judge_score` compares the response to it
+        rubric      "<justification>\nScore: 5"
+    """
     if template == "compact":
         return compact_judge_completion(score)
+    if template == "reference":
+        return f" {reference}"
     reason = ("The response answers the question directly with the exact result, and nothing else."
               if score == MAX_SCORE else "The response is not the correct result, so it does not answer the question.")
     return f"{reason}\nScore: {score}"
+
+
+def judge_score(template: str, judgement: str, prompt: str, response: str) -> float | None:
+    """The score a judgement gives `response`, by judge format; None when it is malformed."""
+    if template == "reference":
+        return reference_score(judgement, response, MAX_SCORE)
+    return parse_score(judgement, MAX_SCORE)
 
 
 def self_instruct_prompt(few_shot: list[str]) -> str:
@@ -75,7 +90,7 @@ def eft_examples(task: Task, n: int, seed: int, template: str = "compact") -> li
     """Evaluation fine-tuning: (prompt, response) judge prompts, about half right, with the verifier's score."""
     return [
         Example(judge_prompt(row["prompt"], row["response"], JUDGE_TEMPLATES[template]),
-                judge_completion(MAX_SCORE if row["correct"] else 0, template))
+                judge_completion(MAX_SCORE if row["correct"] else 0, template, row["prompt"], task.answer(row["prompt"])))
         for row in task.judge_examples("train", n, seed)
     ]
 
@@ -148,7 +163,8 @@ def judge_accuracy(model, tokenizer, task: Task, rows: list[dict], template: str
     prompts = [judge_prompt(r["prompt"], r["response"], JUDGE_TEMPLATES[template]) for r in rows]
     verdicts = greedy_responses(model, tokenizer, prompts, max_new_tokens)
     truth = [verifier_score(task, r["prompt"], r["response"]) for r in rows]
-    return sum(parse_score(v) == t for v, t in zip(verdicts, truth)) / len(rows)
+    return sum(judge_score(template, v, r["prompt"], r["response"]) == t
+               for v, r, t in zip(verdicts, rows, truth)) / len(rows)
 
 
 def seed_dir(model: str, task_name: str, config: SeedConfig) -> Path:
@@ -173,7 +189,7 @@ def train_seed(model_name: str, task_name: str, config: SeedConfig, path: Path, 
     shares = torch.tensor([len(rows) for rows in kinds], dtype=torch.float)
     heldout = task.examples("heldout", config.eval_size)
     judge_rows = task.judge_examples("heldout", config.eval_size, config.seed + 3)
-    judge_tokens = 2 if config.template == "compact" else 64
+    judge_tokens = {"compact": 2, "reference": 8}.get(config.template, 256)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, betas=(0.9, 0.98))
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: min(1.0, (step + 1) / max(1, config.warmup_steps)))
@@ -224,10 +240,11 @@ def seed_checkpoint(model: str, task_name: str, config: SeedConfig) -> tuple[str
 # ---------------------------------------------------------------------------- pairs and judge quality
 
 
-def best_vs_worst(candidates: Batch, scores: list) -> tuple[list[int], dict]:
+def best_vs_worst(candidates: Batch, scores: list, min_margin: float = 0.0) -> tuple[list[int], dict]:
     """Rows [chosen_0, rejected_0, chosen_1, ...]: each prompt's highest- and lowest-scored candidate.
 
-    Prompts whose scored candidates all tie (or whose best and worst are the same text) give no pair.
+    Prompts whose scored candidates all tie (or whose best and worst are the same text) give no pair, and so
+    do those whose best and worst scores differ by less than `min_margin` (counted as ties).
     """
     by_prompt: dict[int, list[int]] = {}
     for row, group in enumerate(candidates.group.tolist()):
@@ -237,7 +254,8 @@ def best_vs_worst(candidates: Batch, scores: list) -> tuple[list[int], dict]:
     for members in by_prompt.values():
         best = max(members, key=lambda r: scores[r])
         worst = min(members, key=lambda r: scores[r])
-        if scores[best] == scores[worst] or candidates.info["response"][best] == candidates.info["response"][worst]:
+        if (scores[best] == scores[worst] or scores[best] - scores[worst] < min_margin
+                or candidates.info["response"][best] == candidates.info["response"][worst]):
             ties += 1
             continue
         rows += [best, worst]

@@ -17,6 +17,7 @@ from rlcore.judge import (
     kendall_tau,
     pairwise_accuracy,
     parse_score,
+    reference_score,
     spearman,
 )
 
@@ -217,3 +218,11 @@ def test_kendall_tau_b_with_ties_against_count_formula():
       τ_b = (9 − 1)/√((15 − 4)(15 − 2)) = 8/√143 = 0.6689936."""
     x, y = [1, 2, 2, 3, 3, 3], [2, 1, 3, 3, 4, 4]
     assert kendall_tau(x, y) == pytest.approx(8 / math.sqrt(143))
+
+
+@pytest.mark.parametrize("judgement, response, expected", [
+    (" 19", "19", 5.0), (" 19\n", " 19 ", 5.0), (" 18", "19", 0.0), (" -19", "19", 0.0),
+    (" 19\nmore text", "19", 5.0), ("", "19", None), (" \n \n", "19", None)])
+def test_reference_score(judgement, response, expected):
+    """The first line of the judgement is the judge's own answer: equal -> max score, else 0, empty -> None."""
+    assert reference_score(judgement, response) == expected

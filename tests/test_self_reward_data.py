@@ -14,7 +14,7 @@ from rlcore.batch import make_batch
 from rlcore.config import ConfigError
 from rlcore.judge import COMPACT_JUDGE_TEMPLATE, JUDGE_RUBRIC, judge_prompt, kendall_tau, parse_score, spearman
 from rlcore.self_reward_data import (MAX_SCORE, SeedConfig, best_vs_worst, eft_examples, ift_examples,
-                                     judge_completion, judge_quality, pair_minibatches, seed_examples,
+                                     judge_completion, judge_quality, judge_score, pair_minibatches, seed_examples,
                                      self_instruct_examples, self_instruct_prompt, verifier_score)
 from rlcore.tasks import get_task, split_of
 
@@ -35,6 +35,18 @@ def test_verifier_score_is_top_score_iff_right(task):
 @pytest.mark.parametrize("score", [0, MAX_SCORE])
 def test_judge_completions_parse_back_to_their_score(score, template):
     assert parse_score(judge_completion(score, template)) == score
+
+
+@pytest.mark.parametrize("correct", [True, False])
+def test_reference_eft_completion_is_the_answer_and_scores_by_the_verifier(task, correct):
+    """The reference judge writes the right answer whatever the response; judge_score then gives the
+    verifier's score: 5 for the right response, 0 for a near miss."""
+    rows = [r for r in task.judge_examples("train", 50, 1) if r["correct"] == correct][:10]
+    eft = [e for e, r in zip(eft_examples(task, 50, seed=1, template="reference"), task.judge_examples("train", 50, 1))
+           if r["correct"] == correct][:10]
+    for example, row in zip(eft, rows):
+        assert example.answer == " " + task.answer(row["prompt"])
+        assert judge_score("reference", example.answer, row["prompt"], row["response"]) == (MAX_SCORE if correct else 0)
 
 
 def test_compact_completion_is_a_space_and_a_digit():
@@ -116,6 +128,14 @@ def test_best_vs_worst_drops_ties_and_unjudged_prompts():
     rows, counts = best_vs_worst(batch, scores)
     assert rows == [0, 1]
     assert counts == {"pairs": 1, "ties": 2, "unjudged_prompts": 1}
+
+
+def test_best_vs_worst_min_margin_drops_close_calls():
+    """Prompt 0: 5 vs 0 (margin 5) stays; prompt 1: 4 vs 2 (margin 2) is a tie under min_margin 3."""
+    batch = candidates(["1", "2", "3", "4", "5", "6", "7", "8"])
+    scores = [5, 0, 5, 5, 4, 2, 3, 3]
+    assert best_vs_worst(batch, scores, min_margin=3) == ([0, 1], {"pairs": 1, "ties": 1, "unjudged_prompts": 0})
+    assert best_vs_worst(batch, scores)[0] == [0, 1, 4, 5]
 
 
 def test_pair_minibatches_keep_pairs_whole():
