@@ -9,6 +9,7 @@ call. Remote endpoints are http.server instances on 127.0.0.1 in a thread.
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import socket
 import threading
@@ -305,3 +306,25 @@ def test_remote_bad_answers_are_not_retried(reward_server, mode, message):
     with pytest.raises(RemoteRewardError, match=message):
         remote(url)(PROMPTS, RESPONSES)
     assert server.requests == 1
+
+
+def test_rrhf_runs_with_the_tool_reward_by_config_change_only(themis_dir, tmp_path):
+    """RRHF's tiny config with `reward.kind=tool reward.path=<Themis model>` on the calendar task: the Themis
+    worker writes its tool calls for every sampled response and its rewards drive the ranking."""
+    import ray
+
+    from algorithms.rrhf import Config, train
+    from rlcore.config import load_config
+    from rlcore.tracking import read_metrics
+
+    config = load_config(Config, "launch/configs/rrhf_tiny.yaml", [
+        "reward.kind=tool", f"reward.path={themis_dir}", "task.name=calendar", "model.path=tiny:calendar",
+        "rounds=1", "prompts_per_round=4", "task.eval_size=8", f"tracking.run_dir={tmp_path}",
+        "tracking.wandb=false"], ignore=("algorithm",))
+    try:
+        result = train(config)
+    finally:
+        ray.shutdown()
+    rows = [row for row in read_metrics(result["run_dir"]) if "reward" in row]
+    assert len(rows) == 1 and math.isfinite(rows[0]["reward"]) and rows[0]["queries"] == 4
+    assert result["updates"] >= 1, result

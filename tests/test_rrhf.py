@@ -6,6 +6,7 @@ the SFT warm start `sft:arithmetic` under one local Ray instance:
 - 1-model, offline: a JSONL file in the RRHF repository's format (the reference answer scored 1, two plausible
   wrong answers scored 0) and no reward worker; the RRHF loss on the file must fall by half, the best responses'
   length-normalised logprob must rise, and greedy accuracy on the file's queries must rise.
+- 2-model, offline: a second model's samples ranked against the dataset's chosen and rejected answers.
 
 The loss itself is tested against closed forms in tests/test_losses.py.
 """
