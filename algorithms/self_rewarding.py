@@ -33,22 +33,15 @@ Departures from the paper:
   chosen responses (IRPO, Pang et al. 2024), `min_margin` drops pairs whose judge
   scores are close.
 
-What was measured on the tiny arithmetic setup (M0 = 600 seed steps from the SFT
-checkpoint, held-out accuracy 75 %): the model's own judgements give pairs whose
-chosen answers are right far more often than the rejected ones (e.g. 64 % vs 16 %),
-but held-out accuracy falls over the iterations (75 % -> 70 % -> 54 % in the test's
-run), with or without the NLL term or the margin filter. With the verifier in place of
-the judge and nll_weight 1 it rises (75 % -> 84 % -> 87 %), so the plumbing learns;
-pure DPO lowers accuracy even on verifier pairs (75 % -> 67 % in 18 steps).
-- The seed model is also taught the prompt-writing format (seed prompts one a line,
-  then a new one); the paper prompts a 70B model 8-shot, which a 1M-parameter model
-  cannot follow untrained. Written prompts that fall in the held-out split are dropped,
-  so that evaluation stays held out.
-- No frozen reference worker: log π_{M_{t-1}} of every candidate token is what the
-  rollout engine returned while sampling it with M_{t-1}'s weights (untempered, equal
-  to a learner forward within ~1e-5).
-- M_t continues from M_{t-1} with the learner's optimizer state kept (the paper
-  fine-tunes each M_t afresh from M_{t-1}).
+What was measured on the tiny arithmetic setup: with the tiny config (M0 = 1000 seed
+steps from the SFT checkpoint, held-out accuracy 52 %) the model's own judgements give
+pairs whose chosen answers are right more often than the rejected ones (43 % vs 23 %),
+but held-out accuracy falls over the iterations (52 % -> 50 % -> 43 %). The same held
+on a stronger M0 (75 %), with or without the NLL term or the margin filter. With the
+verifier in place of the judge and nll_weight 1 it rises (75 % -> 84 % -> 87 %), so the
+plumbing learns; pure DPO lowers greedy accuracy even on verifier pairs (75 % -> 67 %
+in 18 steps). The reference judge is the policy answering again, so it cannot know
+more than the policy; the paper's premise is a judge that can.
 """
 
 from __future__ import annotations

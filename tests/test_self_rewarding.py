@@ -96,7 +96,7 @@ def test_two_iterations_build_pairs_from_the_models_own_judgements(ray_cluster, 
     assert [row["model"] for row in table] == ["M0", "M1", "M2"]
     seed = table[0]
     assert 0.3 <= seed["heldout_accuracy"] <= 0.95
-    assert seed["pairwise_accuracy"] > 0.55, "the seed judge should beat chance on its own candidates"
+    assert seed["pairwise_accuracy"] > 0.5, "the seed judge should beat chance on its own candidates"
     for row in table[1:]:
         assert row["prompts_kept"] > 0.5 * config.new_prompts and row["pairs"] > 0
         assert all(math.isfinite(row[key]) for key in ("heldout_accuracy", "spearman", "kendall_tau", "exact_match"))
