@@ -118,7 +118,8 @@ def test_actor_group_usage_is_measured_inside_each_replica():
         assert metrics["usage/rollout/busy_s"] == pytest.approx(rank0["busy_s"] + rank1["busy_s"], abs=0.05)
         assert metrics["usage/busy_s"] == metrics["usage/rollout/busy_s"] and metrics["usage/rollout/replicas"] == 2
         assert metrics["usage/rollout/tokens_generated"] == 16 and metrics["usage/rollout/tokens_trained"] == 0
-        assert metrics["usage/rollout/peak_rss_mb"] == max(rank0["peak_rss_mb"], rank1["peak_rss_mb"])
+        largest = max(rank0["peak_rss_mb"], rank1["peak_rss_mb"])  # peak RSS can only grow between two snapshots
+        assert largest <= metrics["usage/rollout/peak_rss_mb"] < largest + 16
         assert not any(key.startswith("usage/none/") for key in metrics)
         group.kill()
     finally:
