@@ -37,8 +37,8 @@ from tqdm import tqdm
 from rlcore.batch import Batch
 from rlcore.judge import (COMPACT_JUDGE_TEMPLATE, JUDGE_RUBRIC, compact_judge_completion, exact_match, judge_prompt,
                           kendall_tau, pairwise_accuracy, parse_score, reference_score, spearman)
-from rlcore.models import load_model, load_tokenizer, resolve_model, response_logits, token_logprobs
-from rlcore.sft import answer_batch, greedy_accuracy, greedy_responses
+from rlcore.models import load_model, load_tokenizer, resolve_model
+from rlcore.sft import adamw_with_warmup, greedy_accuracy, greedy_responses, sft_step
 from rlcore.tasks import Example, Task, get_task
 
 JUDGE_TEMPLATES = {"compact": COMPACT_JUDGE_TEMPLATE, "reference": COMPACT_JUDGE_TEMPLATE, "rubric": JUDGE_RUBRIC}
@@ -190,23 +190,14 @@ def train_seed(model_name: str, task_name: str, config: SeedConfig, path: Path, 
     heldout = task.examples("heldout", config.eval_size)
     judge_rows = task.judge_examples("heldout", config.eval_size, config.seed + 3)
     judge_tokens = {"compact": 2, "reference": 8}.get(config.template, 256)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, betas=(0.9, 0.98))
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: min(1.0, (step + 1) / max(1, config.warmup_steps)))
+    optimizer, schedule = adamw_with_warmup(model, config.lr, config.warmup_steps)
     generator = torch.Generator().manual_seed(config.seed)
     start, step, accuracy = time.time(), 0, 0.0
     progress = tqdm(total=config.max_steps, desc=f"seed {task_name}", unit="step")
     while step < config.max_steps and (accuracy < config.target_accuracy or step < config.min_steps):
-        model.train()
         kind = kinds[int(torch.multinomial(shares, 1, generator=generator))]
         rows = torch.randint(len(kind), (config.batch_size,), generator=generator).tolist()
-        batch = answer_batch(tokenizer, [kind[i] for i in rows])
-        loss = -token_logprobs(response_logits(model, batch), batch).sum() / batch.response_mask.sum()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
-        optimizer.zero_grad(set_to_none=True)
+        loss = sft_step(model, tokenizer, [kind[i] for i in rows], optimizer, schedule)
         step += 1
         progress.update(1)
         if step % config.eval_every == 0:

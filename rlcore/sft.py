@@ -106,6 +106,26 @@ def default_output_dir(config: SFTConfig) -> Path:
     return cache_dir() / "sft" / f"{name}-{config.task}-acc{config.target_accuracy}-seed{config.seed}"
 
 
+def adamw_with_warmup(model, lr: float, warmup_steps: int):
+    """AdamW (betas 0.9, 0.98) and a linear warm-up to `lr` over `warmup_steps`, then constant."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.98))
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / max(1, warmup_steps)))
+    return optimizer, schedule
+
+
+def sft_step(model, tokenizer, examples: list[Example], optimizer, schedule) -> torch.Tensor:
+    """One optimizer step of token-mean NLL on the examples' answers, gradients clipped at 1.0; the loss."""
+    model.train()
+    batch = answer_batch(tokenizer, examples)
+    loss = -(token_logprobs(response_logits(model, batch), batch).sum() / batch.response_mask.sum())
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    optimizer.step()
+    schedule.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss
+
+
 def train_sft(config: SFTConfig, path: str | Path) -> SFTResult:
     """Train until held-out greedy accuracy reaches the target; save model + tokenizer in `path`."""
     torch.manual_seed(config.seed)
@@ -116,25 +136,15 @@ def train_sft(config: SFTConfig, path: str | Path) -> SFTResult:
     model = load_model(config.model)
     train = task.examples("train", config.train_size)
     heldout = task.examples("heldout", config.eval_size)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, betas=(0.9, 0.98))
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: min(1.0, (step + 1) / max(1, config.warmup_steps)))
+    optimizer, schedule = adamw_with_warmup(model, config.lr, config.warmup_steps)
     generator = torch.Generator().manual_seed(config.seed)
     start = time.time()
     accuracy = start_accuracy = greedy_accuracy(model, tokenizer, task, heldout, config.max_new_tokens)
     step = 0
     progress = tqdm(total=config.max_steps, desc=f"sft {config.task}", unit="step")
     while step < config.max_steps and accuracy < config.target_accuracy:
-        model.train()
         rows = torch.randint(len(train), (config.batch_size,), generator=generator).tolist()
-        batch = answer_batch(tokenizer, [train[i] for i in rows])
-        logps = token_logprobs(response_logits(model, batch), batch)
-        loss = -(logps.sum() / batch.response_mask.sum())
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
-        optimizer.zero_grad(set_to_none=True)
+        loss = sft_step(model, tokenizer, [train[i] for i in rows], optimizer, schedule)
         step += 1
         progress.update(1)
         if step % config.eval_every == 0:
