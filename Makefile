@@ -26,7 +26,7 @@ run: install
 	$(VENV)/bin/rlcore train launch/configs/ppo_tiny.yaml
 
 test: install
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=25 tests
 
 clean:
 	rm -rf $(VENV) runs wandb
