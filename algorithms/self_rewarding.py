@@ -75,7 +75,7 @@ from rlcore.config import (LearnerConfig, ModelConfig, RolloutConfig, TaskConfig
 from rlcore.distributed import ActorGroup, gather, init_ray
 from rlcore.judge import average_scores, judge_prompt
 from rlcore.models import response_logits, token_logprobs
-from rlcore.self_reward_data import (JUDGE_TEMPLATES, MAX_SCORE, SeedConfig, best_vs_worst, judge_quality, judge_score,
+from rlcore.self_reward_data import (JUDGE_TEMPLATES, SeedConfig, best_vs_worst, judge_quality, judge_score,
                                      pair_minibatches, seed_checkpoint, self_instruct_prompt, verifier_score)
 from rlcore.tasks import get_task, split_of
 from rlcore.tracking import PhaseTimer, Tracker, new_run_dir
@@ -213,7 +213,7 @@ def self_judge(rollout_workers, prompts: list[str], responses: list[str], config
                         max_new_tokens=config.judge_max_tokens)
     judgements = generate(rollout_workers, requests, sampling).info["response"]
     k = config.judge_samples
-    parsed = [judge_score(config.seed_model.template, text, prompts[i // k], responses[i // k])
+    parsed = [judge_score(config.seed_model.template, text, responses[i // k])
               for i, text in enumerate(judgements)]
     return [average_scores(parsed[i * k : (i + 1) * k]) for i in range(len(requests))], parsed.count(None)
 

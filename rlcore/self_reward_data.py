@@ -53,7 +53,7 @@ def verifier_score(task: Task, prompt: str, response: str) -> int:
     return MAX_SCORE if task.verify(prompt, response) else 0
 
 
-def judge_completion(score: int, template: str, prompt: str = "", reference: str = "") -> str:
+def judge_completion(score: int, template: str, reference: str = "") -> str:
     """What the judge is trained to write for `score`, by judge format:
 
         compact     " 5"                         the score alone
@@ -69,7 +69,7 @@ def judge_completion(score: int, template: str, prompt: str = "", reference: str
     return f"{reason}\nScore: {score}"
 
 
-def judge_score(template: str, judgement: str, prompt: str, response: str) -> float | None:
+def judge_score(template: str, judgement: str, response: str) -> float | None:
     """The score a judgement gives `response`, by judge format; None when it is malformed."""
     if template == "reference":
         return reference_score(judgement, response, MAX_SCORE)
@@ -90,7 +90,7 @@ def eft_examples(task: Task, n: int, seed: int, template: str = "compact") -> li
     """Evaluation fine-tuning: (prompt, response) judge prompts, about half right, with the verifier's score."""
     return [
         Example(judge_prompt(row["prompt"], row["response"], JUDGE_TEMPLATES[template]),
-                judge_completion(MAX_SCORE if row["correct"] else 0, template, row["prompt"], task.answer(row["prompt"])))
+                judge_completion(MAX_SCORE if row["correct"] else 0, template, task.answer(row["prompt"])))
         for row in task.judge_examples("train", n, seed)
     ]
 
@@ -163,7 +163,7 @@ def judge_accuracy(model, tokenizer, task: Task, rows: list[dict], template: str
     prompts = [judge_prompt(r["prompt"], r["response"], JUDGE_TEMPLATES[template]) for r in rows]
     verdicts = greedy_responses(model, tokenizer, prompts, max_new_tokens)
     truth = [verifier_score(task, r["prompt"], r["response"]) for r in rows]
-    return sum(judge_score(template, v, r["prompt"], r["response"]) == t
+    return sum(judge_score(template, v, r["response"]) == t
                for v, r, t in zip(verdicts, rows, truth)) / len(rows)
 
 

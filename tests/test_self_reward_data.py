@@ -41,12 +41,10 @@ def test_judge_completions_parse_back_to_their_score(score, template):
 def test_reference_eft_completion_is_the_answer_and_scores_by_the_verifier(task, correct):
     """The reference judge writes the right answer whatever the response; judge_score then gives the
     verifier's score: 5 for the right response, 0 for a near miss."""
-    rows = [r for r in task.judge_examples("train", 50, 1) if r["correct"] == correct][:10]
-    eft = [e for e, r in zip(eft_examples(task, 50, seed=1, template="reference"), task.judge_examples("train", 50, 1))
-           if r["correct"] == correct][:10]
-    for example, row in zip(eft, rows):
+    pairs = zip(eft_examples(task, 50, seed=1, template="reference"), task.judge_examples("train", 50, 1))
+    for example, row in [(e, r) for e, r in pairs if r["correct"] == correct][:10]:
         assert example.answer == " " + task.answer(row["prompt"])
-        assert judge_score("reference", example.answer, row["prompt"], row["response"]) == (MAX_SCORE if correct else 0)
+        assert judge_score("reference", example.answer, row["response"]) == (MAX_SCORE if correct else 0)
 
 
 def test_compact_completion_is_a_space_and_a_digit():
