@@ -5,13 +5,13 @@ Install order matters on a machine without a GPU: install torch 2.13.0 first
 `make run` / `make test` do this for you.
 """
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
 setup(
     name="rlcore",
     version="0.1.0",
     description="Aligning language models with feedback (PPO, RRHF, self-rewarding DPO) on Ray actors",
-    packages=["rlcore", "rlcore.tasks", "rlcore.tools", "actors", "algorithms", "launch"],
+    packages=find_packages(include=["rlcore", "rlcore.*", "actors", "algorithms", "launch"]),
     package_data={"launch": ["configs/*.yaml", "cluster_local.yaml"]},
     python_requires=">=3.10",
     install_requires=[

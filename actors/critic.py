@@ -11,9 +11,9 @@ from __future__ import annotations
 import torch
 
 from actors.learner import LearnerWorker, Objective
-from rlcore.batch import Batch
-from rlcore.config import CriticConfig, ModelConfig
-from rlcore.models import response_values
+from rlcore.core.batch import Batch
+from rlcore.core.config import CriticConfig, ModelConfig
+from rlcore.models.loading import response_values
 
 
 class CriticWorker:

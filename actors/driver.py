@@ -7,8 +7,8 @@ import torch
 
 from actors.learner import LearnerWorker
 from actors.rollout import RolloutWorker, Sampling
-from rlcore.batch import Batch
-from rlcore.distributed import ActorGroup, gather
+from rlcore.core.batch import Batch
+from rlcore.runtime.group import ActorGroup, gather
 
 
 def generate(rollout_workers: ActorGroup[RolloutWorker], prompts: list[str], sampling: Sampling) -> Batch:
@@ -42,9 +42,9 @@ def push_weights(learner: ActorGroup[LearnerWorker], *receivers: ActorGroup) -> 
 
 
 def usage_metrics(groups: dict[str, ActorGroup]) -> dict[str, float]:
-    """What each role has spent so far, measured inside its replicas (`rlcore.usage`), as metrics:
+    """What each role has spent so far, measured inside its replicas (`rlcore.core.usage`), as metrics:
 
-        usage/<role>/busy_s, busy_cpu_s,      sums over the role's replicas (rlcore.usage.snapshot)
+        usage/<role>/busy_s, busy_cpu_s,      sums over the role's replicas (rlcore.core.usage.snapshot)
                      cpu_s, calls
         usage/<role>/peak_rss_mb, gpu_peak_mb  the largest replica's
         usage/<role>/replicas

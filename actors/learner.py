@@ -23,12 +23,12 @@ from typing import Any
 
 import torch
 
-from rlcore.batch import Batch
-from rlcore.config import LearnerConfig, ModelConfig
-from rlcore.distributed import init_torch_distributed
-from rlcore.models import load_model
-from rlcore.usage import busy
-from rlcore.weights import WeightUpdate
+from rlcore.core.batch import Batch
+from rlcore.core.config import LearnerConfig, ModelConfig
+from rlcore.core.usage import busy
+from rlcore.core.weights import WeightUpdate
+from rlcore.models.loading import load_model
+from rlcore.runtime.rendezvous import init_torch_distributed
 
 Objective = Callable[[torch.nn.Module, Batch], tuple[torch.Tensor, dict[str, Any]]]
 

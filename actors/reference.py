@@ -7,9 +7,9 @@ import math
 import torch
 
 from actors.learner import batch_to, set_threads
-from rlcore.batch import Batch
-from rlcore.models import load_model, response_logits, token_logprobs
-from rlcore.usage import busy
+from rlcore.core.batch import Batch
+from rlcore.core.usage import busy
+from rlcore.models.loading import load_model, response_logits, token_logprobs
 
 
 class ReferenceWorker:

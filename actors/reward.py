@@ -2,7 +2,7 @@
 
     rule        the task's exact verifier (1.0 right, 0.0 wrong)
     model       a trained scalar-head reward model (`rlcore train-rm`; reward.path is its folder)
-    self_judge  the policy's own weights as an LLM-as-a-Judge (rlcore.judge), served by a RolloutWorker
+    self_judge  the policy's own weights as an LLM-as-a-Judge (rlcore.rewards.judge), served by a RolloutWorker
                 that receives every weight update; reward = mean parsed score of judge_samples samples
     tool        a Themis tool-augmented reward model (`rlcore train-themis`; reward.path): it writes its
                 tool calls, the tools run here, it writes a rationale, its value head gives the reward
@@ -26,13 +26,19 @@ from dataclasses import dataclass
 
 import torch
 
-from rlcore.batch import Batch
-from rlcore.config import RewardConfig, RolloutConfig, TaskConfig
-from rlcore.judge import COMPACT_JUDGE_TEMPLATE, JUDGE_RUBRIC, average_scores, judge_prompt, parse_score
-from rlcore.tasks import get_task
-from rlcore.tools import TOOLS, Tool, ToolContext
-from rlcore.usage import busy
-from rlcore.weights import WeightUpdate
+from actors.rollout import RolloutWorker, Sampling
+from rlcore.core.batch import Batch
+from rlcore.core.config import RewardConfig, RolloutConfig, TaskConfig
+from rlcore.core.usage import busy
+from rlcore.core.weights import WeightUpdate
+from rlcore.data.tasks import get_task
+from rlcore.models.loading import load_model, load_tokenizer
+from rlcore.models.tiny import TINY_CHAT_TEMPLATE
+from rlcore.rewards.judge import COMPACT_JUDGE_TEMPLATE, JUDGE_RUBRIC, average_scores, judge_prompt, parse_score
+from rlcore.rewards.reward_model import score_responses
+from rlcore.rewards.themis.model import ThemisModel
+from rlcore.rewards.themis.tool_loop import score_with_tools
+from rlcore.rewards.tools import TOOLS, Tool, ToolContext
 
 
 @dataclass
@@ -59,11 +65,9 @@ def _set_threads(threads: int) -> None:
 
 
 class ModelScorer:
-    """A trained scalar-head reward model (`rlcore.reward_model`), scored in batches."""
+    """A trained scalar-head reward model (`rlcore.rewards.reward_model`), scored in batches."""
 
     def __init__(self, config: RewardConfig, task: TaskConfig, policy_model: str, batch_size: int = 64) -> None:
-        from rlcore.models import load_model, load_tokenizer
-
         if not config.path:
             raise ValueError("reward.path: kind 'model' needs the folder of a trained reward model (rlcore train-rm)")
         _set_threads(config.threads)
@@ -72,8 +76,6 @@ class ModelScorer:
         self.batch_size = batch_size
 
     def __call__(self, prompts: list[str], responses: list[str]) -> Scores:
-        from rlcore.reward_model import score_responses
-
         return Scores(score_responses(self.model, self.tokenizer, prompts, responses, self.batch_size))
 
 
@@ -89,9 +91,6 @@ class SelfJudgeScorer:
 
     def __init__(self, config: RewardConfig, task: TaskConfig, policy_model: str, engine: str = "vllm",
                  temperature: float = 1.0, seed: int = 0) -> None:
-        from actors.rollout import RolloutWorker, Sampling
-        from rlcore.models import TINY_CHAT_TEMPLATE
-
         if not policy_model:
             raise ValueError("reward.kind 'self_judge' needs the policy model (RewardWorker's policy_model)")
         self.engine = RolloutWorker(policy_model, RolloutConfig(engine=engine, threads=config.threads, seed=seed),
@@ -125,7 +124,7 @@ def judge_rewards(judgements: list[str], samples: int) -> Scores:
 
 
 class ToolScorer:
-    """A Themis tool-augmented reward model (`rlcore.themis`): it writes Thought / Action / Action Input,
+    """A Themis tool-augmented reward model (`rlcore.rewards.themis`): it writes Thought / Action / Action Input,
     the tool runs here and its Observation is inserted (at most `max_calls` calls; a malformed action,
     unknown tool, failing tool or one slower than reward.timeout_s is an "Error: ..." observation), it
     writes its Rationale, and its value head on the final token is the reward. Traces come back too.
@@ -135,9 +134,6 @@ class ToolScorer:
 
     def __init__(self, config: RewardConfig, task: TaskConfig, policy_model: str,
                  tools: dict[str, Tool] | None = None, max_calls: int = 3, max_new_tokens: int = 256) -> None:
-        from rlcore.models import load_tokenizer
-        from rlcore.themis import ThemisModel
-
         if not config.path:
             raise ValueError("reward.path: kind 'tool' needs the folder of a Themis reward model (rlcore train-themis)")
         _set_threads(config.threads)
@@ -149,8 +145,6 @@ class ToolScorer:
         self.timeout_s = config.timeout_s
 
     def __call__(self, prompts: list[str], responses: list[str]) -> Scores:
-        from rlcore.themis import score_with_tools
-
         traces = score_with_tools(self.model, self.tokenizer, prompts, responses,
                                   [ToolContext(answer=r) for r in responses], self.tools, self.max_calls,
                                   self.max_new_tokens, self.timeout_s)

@@ -12,7 +12,7 @@ it works the same in-process. Two engines behind one interface:
 Logprobs are those of the untempered model: vLLM's default `raw_logprobs` mode
 takes log-softmax of the raw logits, before temperature and top-p, and the
 transformers engine does the same. They equal what a learner computes from its
-logits (`rlcore.models.token_logprobs`) for the same weights, at any sampling
+logits (`rlcore.models.loading.token_logprobs`) for the same weights, at any sampling
 temperature; an algorithm that wants the behaviour policy at temperature T must
 rescale logits itself.
 
@@ -38,11 +38,18 @@ import torch
 from transformers import AutoConfig
 
 from actors.vllm_ext import EMBEDDINGS, EXTENSION, LM_HEAD
-from rlcore.batch import Batch, make_batch
-from rlcore.config import RolloutConfig
-from rlcore.models import encode_prompts, load_model, load_tokenizer, resolve_model, response_logits, token_logprobs
-from rlcore.usage import busy
-from rlcore.weights import WeightUpdate, merge_lora
+from rlcore.core.batch import Batch, make_batch
+from rlcore.core.config import RolloutConfig
+from rlcore.core.usage import busy
+from rlcore.core.weights import WeightUpdate, merge_lora
+from rlcore.models.loading import (
+    encode_prompts,
+    load_model,
+    load_tokenizer,
+    resolve_model,
+    response_logits,
+    token_logprobs,
+)
 
 ENGINES = ("vllm", "transformers")
 

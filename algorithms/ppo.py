@@ -38,14 +38,28 @@ from actors.learner import LearnerWorker
 from actors.reference import ReferenceWorker
 from actors.reward import RewardWorker
 from actors.rollout import RolloutWorker, Sampling
-from rlcore import checkpoint, losses
-from rlcore.batch import Batch
-from rlcore.config import (ConfigError, CriticConfig, LearnerConfig, ModelConfig, ReferenceConfig, RewardConfig,
-                           RolloutConfig, TaskConfig, TrackingConfig, check_choice, check_range, to_dict)
-from rlcore.distributed import ActorGroup, gather, init_ray, with_retries
-from rlcore.models import response_logits, response_values, token_logprobs
-from rlcore.tasks import get_task
-from rlcore.tracking import PhaseTimer, Tracker, new_run_dir
+from rlcore.core import checkpoint, losses
+from rlcore.core.batch import Batch
+from rlcore.core.config import (
+    ConfigError,
+    CriticConfig,
+    LearnerConfig,
+    ModelConfig,
+    ReferenceConfig,
+    RewardConfig,
+    RolloutConfig,
+    TaskConfig,
+    TrackingConfig,
+    check_choice,
+    check_range,
+    to_dict,
+)
+from rlcore.core.tracking import PhaseTimer, Tracker, new_run_dir
+from rlcore.data.tasks import get_task
+from rlcore.models.build import build_models
+from rlcore.models.loading import response_logits, response_values, token_logprobs
+from rlcore.runtime.cluster import init_ray
+from rlcore.runtime.group import ActorGroup, gather, with_retries
 
 
 @dataclass
@@ -176,6 +190,7 @@ def value_objective(model, batch: Batch, clip_eps: float):
 
 
 def train(config: Config) -> dict:
+    build_models(config.model.path, config.reference.path, config.critic.path, config.reward.path)
     init_ray()
     task = get_task(config.task.name, seed=config.task.seed)
     train_prompts = [e.prompt for e in task.examples("train", config.steps * config.prompts_per_step)]

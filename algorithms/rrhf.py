@@ -34,7 +34,7 @@ Departures from the paper:
   responses all score the same are dropped (`drop_tied`): with 0/1 verifier
   rewards they have no ranked pair, and L_ft would imitate an arbitrary, maybe
   wrong, response. The paper's reward-model scores rarely tie.
-- L_ft is a mean over the best response's tokens (rlcore.losses.rrhf_loss).
+- L_ft is a mean over the best response's tokens (rlcore.core.losses.rrhf_loss).
 """
 
 from __future__ import annotations
@@ -50,15 +50,27 @@ from actors.driver import generate, greedy_accuracy, push_weights, usage_metrics
 from actors.learner import LearnerWorker
 from actors.reward import RewardWorker
 from actors.rollout import RolloutWorker, Sampling
-from rlcore import losses
-from rlcore.batch import Batch, make_batch
-from rlcore.config import (ConfigError, LearnerConfig, ModelConfig, RewardConfig, RolloutConfig, TaskConfig,
-                           TrackingConfig, check_choice, check_range, to_dict)
-from rlcore.data import load_rows
-from rlcore.distributed import ActorGroup, gather, init_ray
-from rlcore.models import encode_prompts, load_tokenizer, response_logits, token_logprobs
-from rlcore.tasks import get_task
-from rlcore.tracking import PhaseTimer, Tracker, new_run_dir
+from rlcore.core import losses
+from rlcore.core.batch import Batch, make_batch
+from rlcore.core.config import (
+    ConfigError,
+    LearnerConfig,
+    ModelConfig,
+    RewardConfig,
+    RolloutConfig,
+    TaskConfig,
+    TrackingConfig,
+    check_choice,
+    check_range,
+    to_dict,
+)
+from rlcore.core.tracking import PhaseTimer, Tracker, new_run_dir
+from rlcore.data.sources import load_rows
+from rlcore.data.tasks import get_task
+from rlcore.models.build import build_models
+from rlcore.models.loading import encode_prompts, load_tokenizer, response_logits, token_logprobs
+from rlcore.runtime.cluster import init_ray
+from rlcore.runtime.group import ActorGroup, gather
 
 SOURCES = ("policy", "diverse", "chosen", "rejected", "second_model", "data")
 
@@ -305,6 +317,7 @@ def probe(learner: ActorGroup[LearnerWorker], batch: Batch, config: Config) -> d
 
 
 def train(config: Config) -> dict:
+    build_models(config.model.path, config.reward.path, config.second_model.path)
     init_ray()
     generator = torch.Generator().manual_seed(config.seed)
     task = get_task(config.task.name, seed=config.task.seed)

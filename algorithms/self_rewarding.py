@@ -18,14 +18,14 @@ previous model being the reference:
                        (pairwise accuracy, top pick, exact match, Spearman, Kendall τ: the paper's Table 3)
 
 Departures from the paper:
-- Tasks are verifiable (rlcore.tasks) instead of open-ended instructions. EFT scores
+- Tasks are verifiable (rlcore.data.tasks) instead of open-ended instructions. EFT scores
   follow from the verifier (5 right, 0 wrong), and the judge is measured against the
   verifier on a fixed set: M0's sampled candidates for held-out prompts.
 - Judge formats (`seed_model.template`): `rubric` is the paper's (JUDGE_RUBRIC, a
   justification then "Score: N"); `compact` is "{prompt}{response} score:" -> " 5";
   `reference` (the tiny config's) is reference-guided grading: the judge writes its own
   answer to the prompt and the response scores 5 if it equals it, else 0
-  (rlcore.judge.reference_score). Measured on the tiny model: after 1500-3000 seed
+  (rlcore.rewards.judge.reference_score). Measured on the tiny model: after 1500-3000 seed
   steps, a judge that must write the verdict itself stays near chance (55-58 % on
   right vs near-miss answers; it computes the answer but cannot compare two numbers
   digit by digit), while the reference judge reaches 71-83 %.
@@ -68,17 +68,36 @@ from tqdm import tqdm
 from actors.driver import generate, greedy_accuracy, push_weights, usage_metrics
 from actors.learner import LearnerWorker
 from actors.rollout import RolloutWorker, Sampling
-from rlcore import losses
-from rlcore.batch import Batch
-from rlcore.config import (LearnerConfig, ModelConfig, RolloutConfig, TaskConfig, TrackingConfig, check_choice,
-                           check_range, to_dict)
-from rlcore.distributed import ActorGroup, gather, init_ray
-from rlcore.judge import average_scores, judge_prompt
-from rlcore.models import response_logits, token_logprobs
-from rlcore.self_reward_data import (JUDGE_TEMPLATES, SeedConfig, best_vs_worst, judge_quality, judge_score,
-                                     pair_minibatches, seed_checkpoint, self_instruct_prompt, verifier_score)
-from rlcore.tasks import get_task, split_of
-from rlcore.tracking import PhaseTimer, Tracker, new_run_dir
+from algorithms.self_rewarding_seed import (
+    JUDGE_TEMPLATES,
+    SeedConfig,
+    best_vs_worst,
+    judge_quality,
+    judge_score,
+    pair_minibatches,
+    seed_checkpoint,
+    self_instruct_prompt,
+    verifier_score,
+)
+from rlcore.core import losses
+from rlcore.core.batch import Batch
+from rlcore.core.config import (
+    LearnerConfig,
+    ModelConfig,
+    RolloutConfig,
+    TaskConfig,
+    TrackingConfig,
+    check_choice,
+    check_range,
+    to_dict,
+)
+from rlcore.core.tracking import PhaseTimer, Tracker, new_run_dir
+from rlcore.data.tasks import get_task, split_of
+from rlcore.models.build import build_model
+from rlcore.models.loading import response_logits, token_logprobs
+from rlcore.rewards.judge import average_scores, judge_prompt
+from rlcore.runtime.cluster import init_ray
+from rlcore.runtime.group import ActorGroup, gather
 
 
 @dataclass
@@ -224,7 +243,7 @@ def self_judge(rollout_workers, prompts: list[str], responses: list[str], config
 def train(config: Config) -> dict:
     start = time.time()
     task = get_task(config.task.name, seed=config.task.seed)
-    seed_path, seed_stats = ((config.model.path, {}) if not config.seed_model.enabled else
+    seed_path, seed_stats = ((build_model(config.model.path), {}) if not config.seed_model.enabled else
                              seed_checkpoint(config.model.path, config.task.name, config.seed_model))
     init_ray()
     rng = random.Random(config.seed)

@@ -7,7 +7,7 @@ this process, one after another under one local Ray instance; the report says
 for each algorithm (mean ± std over seeds, and min/max in report.json):
 
 - wall time of the run, and busy actor-seconds per role measured inside the
-  actors (`rlcore.usage`: the wall time of their compute methods, and the CPU
+  actors (`rlcore.core.usage`: the wall time of their compute methods, and the CPU
   time those calls took, which a shared machine's load inflates far less), and
   their sums;
 - peak memory per role (RSS; GPU memory allocated by torch on a GPU) and the
@@ -39,7 +39,6 @@ Where the numbers come from and what they leave out:
 
 from __future__ import annotations
 
-import importlib
 import json
 import math
 import os
@@ -52,11 +51,15 @@ from typing import Any
 
 import ray
 
-from rlcore.config import ConfigError, check_choice, check_range, load_config
-from rlcore.distributed import init_ray
-from rlcore.tracking import read_metrics
+from algorithms import algorithm_module
+from algorithms.self_rewarding_seed import seed_checkpoint
+from rlcore.core.config import ConfigError, check_choice, check_range, load_config
+from rlcore.core.tracking import read_metrics
+from rlcore.models.build import build_model
+from rlcore.runtime.cluster import init_ray
 
-ALGORITHMS = {"ppo": "algorithms.ppo", "rrhf": "algorithms.rrhf", "self_rewarding": "algorithms.self_rewarding"}
+BENCHED = ("ppo", "rrhf", "self_rewarding")
+"""The algorithms a bench can run (those of `algorithms.ALGORITHMS` with a prompt budget)."""
 """Algorithms the bench knows how to give a prompt budget to (see `budget_overrides`)."""
 
 REPOSITORY = Path(__file__).resolve().parents[1]
@@ -106,7 +109,7 @@ class BenchConfig:
 
     def __post_init__(self) -> None:
         for index, algorithm in enumerate(self.algorithms):
-            check_choice(f"algorithms[{index}]", algorithm, sorted(ALGORITHMS))
+            check_choice(f"algorithms[{index}]", algorithm, sorted(BENCHED))
         if not self.algorithms or not self.seeds:
             raise ConfigError("algorithms, seeds: name at least one of each")
         check_range("prompts_per_step", self.prompts_per_step, 1)
@@ -122,7 +125,7 @@ class BenchConfig:
             if algorithm not in self.configs:
                 raise ConfigError(f"configs: no config file for {algorithm!r}")
         for algorithm in self.overrides:
-            check_choice("overrides", algorithm, sorted(ALGORITHMS))
+            check_choice("overrides", algorithm, sorted(BENCHED))
 
 
 # ---------------------------------------------------------------------------- configs of the runs
@@ -143,7 +146,7 @@ def budget_overrides(algorithm: str, bench: BenchConfig) -> list[str]:
 
 def run_config(algorithm: str, seed: int, bench: BenchConfig, runs_dir: Path) -> Any:
     """`algorithm`'s Config: its own file, then the bench's shared settings, budget, seed and overrides."""
-    module = importlib.import_module(ALGORITHMS[algorithm])
+    module = algorithm_module(algorithm)
     shared = [f"model.path={bench.model}", f"task.name={bench.task}", f"task.eval_size={bench.eval_size}",
               f"seed={seed}", f"rollout.seed={seed}", f"tracking.run_dir={runs_dir}",
               f"tracking.run_name={algorithm}-seed{seed}", f"tracking.wandb={str(bench.wandb).lower()}"]
@@ -157,12 +160,8 @@ def run_config(algorithm: str, seed: int, bench: BenchConfig, runs_dir: Path) ->
 def prepare(algorithm: str, config: Any) -> dict:
     """Build what a run would otherwise build inside its clock: the starting checkpoint and, for self-rewarding,
     its seed model M0 (both cached on disk). Returns M0's build stats (empty for the others)."""
-    from rlcore.models import resolve_model
-
-    resolve_model(config.model.path)
+    build_model(config.model.path)
     if algorithm == "self_rewarding" and config.seed_model.enabled:
-        from rlcore.self_reward_data import seed_checkpoint
-
         return seed_checkpoint(config.model.path, config.task.name, config.seed_model)[1]
     return {}
 
@@ -182,7 +181,7 @@ def models_held(algorithm: str, config: Any, roles: dict[str, dict]) -> dict[str
 
 def measure(algorithm: str, seed: int, config: Any) -> dict:
     """Run `algorithm` once; its cost and accuracy as one row of report.json."""
-    module = importlib.import_module(ALGORITHMS[algorithm])
+    module = algorithm_module(algorithm)
     load_before = os.getloadavg()[0]
     start = time.perf_counter()
     result = module.train(config)

@@ -33,11 +33,12 @@ import ray
 import torch
 
 from actors.rollout import RolloutWorker, Sampling
-from rlcore.config import RolloutConfig
-from rlcore.distributed import init_ray
-from rlcore.models import TinyModelSpec, build_tiny_model, load_model, resolve_model
-from rlcore.tasks import get_task
-from rlcore.weights import WeightUpdate
+from rlcore.core.config import RolloutConfig
+from rlcore.core.weights import WeightUpdate
+from rlcore.data.tasks import get_task
+from rlcore.models.loading import load_model, resolve_model
+from rlcore.models.tiny import TinyModelSpec, build_tiny_model
+from rlcore.runtime.cluster import init_ray
 
 BIG_SPEC = TinyModelSpec(hidden_size=768, num_layers=12, num_heads=12, intermediate_size=3072, max_positions=512)
 """~113M parameters with the tiny byte-level tokenizer (vocab 320)."""

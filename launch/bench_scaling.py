@@ -39,10 +39,12 @@ from ray.cluster_utils import Cluster
 
 from actors.driver import generate
 from actors.rollout import RolloutWorker, Sampling
-from rlcore.config import RolloutConfig, load_config
-from rlcore.distributed import OBJECT_STORE_BYTES, ActorGroup, gather, init_ray
-from rlcore.models import resolve_model
-from rlcore.tasks import get_task
+from algorithms import ppo
+from rlcore.core.config import RolloutConfig, load_config
+from rlcore.data.tasks import get_task
+from rlcore.models.loading import resolve_model
+from rlcore.runtime.cluster import OBJECT_STORE_BYTES, init_ray
+from rlcore.runtime.group import ActorGroup, gather
 
 ROLES = ("rollout", "reward", "reference", "critic", "learner")
 
@@ -89,9 +91,7 @@ def node_label(resources: dict[str, float]) -> str:
 
 def ppo_placement(overrides: list[str] = PPO_OVERRIDES) -> dict[str, list[str]]:
     """Role -> node id of each replica, for a PPO config built from `overrides` (stand-in actors, then freed)."""
-    from algorithms.ppo import Config
-
-    config = load_config(Config, None, overrides)
+    config = load_config(ppo.Config, None, overrides)
     groups = {role: ActorGroup.from_config(Placed, getattr(config, role)) for role in ROLES}
     try:
         return {role: group.run(Placed.node_id) for role, group in groups.items()}
@@ -102,9 +102,7 @@ def ppo_placement(overrides: list[str] = PPO_OVERRIDES) -> dict[str, list[str]]:
 
 def check_placement(placement: dict[str, list[str]], overrides: list[str] = PPO_OVERRIDES) -> None:
     """Each role has its configured replica count, all on nodes that offer its custom resources."""
-    from algorithms.ppo import Config
-
-    config = load_config(Config, None, overrides)
+    config = load_config(ppo.Config, None, overrides)
     nodes = node_resources()
     for role, node_ids in placement.items():
         role_config = getattr(config, role)

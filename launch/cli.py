@@ -2,6 +2,7 @@
 
     rlcore train CONFIG.yaml [key.sub=value ...]   run the algorithm the file names (`algorithm: ppo`)
     rlcore sft [CONFIG.yaml] [key=value ...]       supervised warm start on a task
+    rlcore build NAME ...                          build tiny:<task> / sft:<task> models into the cache
     rlcore submit CONFIG.yaml [key=value ...]      run `rlcore train` as a Ray job on a cluster
     rlcore train-rm / train-themis / themis-eval   reward models (see launch/reward_cmds.py)
     rlcore bench [CONFIG.yaml]                     compare the algorithms' compute cost
@@ -10,54 +11,75 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import sys
 
-from rlcore.config import ConfigError, load_config, read_yaml
-
-# algorithm name -> module with a `Config` dataclass and `train(config) -> dict`
-ALGORITHMS = {
-    "sft": "rlcore.sft",
-    "self_rewarding": "algorithms.self_rewarding",
-    "ppo": "algorithms.ppo",
-    "rrhf": "algorithms.rrhf",
-}
-
-
-def _split_config_arg(args: list[str]) -> tuple[str | None, list[str]]:
-    """The first argument is a YAML file unless it is an override (contains '=')."""
-    if args and "=" not in args[0]:
-        return args[0], args[1:]
-    return None, args
+from algorithms import ALGORITHMS, algorithm_module
+from launch import bench, reward_cmds, submit, themis_eval
+from rlcore.core.config import ConfigError, config_from_args, config_help, load_config, read_yaml
+from rlcore.models import sft
+from rlcore.models.build import build_model
 
 
 def cmd_train(args: list[str]) -> dict:
-    path, overrides = _split_config_arg(args)
+    path, overrides = (args[0], args[1:]) if args and "=" not in args[0] else (None, args)
     if path is None:
         raise ConfigError("rlcore train needs a config file: rlcore train CONFIG.yaml [key=value ...]")
-    algorithm = read_yaml(path).get("algorithm")
-    if algorithm not in ALGORITHMS:
-        raise ConfigError(f"{path}: 'algorithm' is {algorithm!r}; choose one of {sorted(ALGORITHMS)}")
-    module = importlib.import_module(ALGORITHMS[algorithm])
-    config = load_config(module.Config, path, overrides, ignore=("algorithm",))
-    return module.train(config)
+    try:
+        module = algorithm_module(read_yaml(path).get("algorithm"), where=path)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    return module.train(load_config(module.Config, path, overrides, ignore=("algorithm",)))
 
 
 def cmd_sft(args: list[str]) -> dict:
-    from rlcore import sft
-
-    path, overrides = _split_config_arg(args)
-    return sft.train(load_config(sft.Config, path, overrides, ignore=("algorithm",)))
+    return sft.train(config_from_args(sft.Config, args))
 
 
-COMMANDS = {"train": cmd_train, "sft": cmd_sft}
-COMMANDS["submit"] = lambda args: importlib.import_module("launch.submit").cmd_submit(args)  # run as a Ray job
-# reward models (launch/reward_cmds.py): train-rm, train-themis, themis-eval
-COMMANDS["train-rm"] = lambda args: importlib.import_module("launch.reward_cmds").cmd_train_rm(args)
-COMMANDS["train-themis"] = lambda args: importlib.import_module("launch.reward_cmds").cmd_train_themis(args)
-COMMANDS["themis-eval"] = lambda args: importlib.import_module("launch.reward_cmds").cmd_themis_eval(args)
-COMMANDS["bench"] = lambda args: importlib.import_module("launch.bench").cmd_bench(args)  # algorithms' compute cost
+def cmd_build(args: list[str]) -> dict:
+    """`rlcore build NAME ...`: build `tiny:<task>` / `sft:<task>` models into the cache (once)."""
+    if not args:
+        raise ConfigError("rlcore build needs model names: rlcore build sft:arithmetic [tiny:calendar ...]")
+    return {name: build_model(name) for name in args}
+
+
+COMMANDS = {
+    "train": cmd_train,
+    "sft": cmd_sft,
+    "build": cmd_build,
+    "submit": submit.cmd_submit,  # run `rlcore train` as a Ray job on a cluster
+    "train-rm": reward_cmds.cmd_train_rm,
+    "train-themis": reward_cmds.cmd_train_themis,
+    "themis-eval": themis_eval.cmd_themis_eval,
+    "bench": bench.cmd_bench,  # the algorithms' compute cost
+}
+CONFIGS = {
+    "sft": lambda: sft.Config,
+    "bench": lambda: bench.BenchConfig,
+    "train-rm": lambda: reward_cmds.reward_model.RMConfig,
+    "train-themis": lambda: reward_cmds.themis.ThemisConfig,
+    "themis-eval": lambda: themis_eval.ThemisConfig,
+}
+"""Command -> its config dataclass, for `--help`."""
+
+
+def command_help(command: str, args: list[str]) -> str:
+    """`rlcore COMMAND [CONFIG.yaml | ALGORITHM] --help`: every config field with type, default and docstring."""
+    usage = f"rlcore {command} [CONFIG.yaml] [key.sub=value ...]\n\nconfig fields (defaults; a YAML file and "
+    usage += "dotted overrides change them):\n"
+    if command in CONFIGS:
+        return usage + config_help(CONFIGS[command]())
+    names = [a for a in args if not a.startswith("-") and "=" not in a]
+    if not names:
+        return (f"rlcore train CONFIG.yaml [key.sub=value ...]\n\nThe file's `algorithm:` key picks one of "
+                f"{sorted(ALGORITHMS)}; `rlcore train ALGORITHM --help` or `rlcore train CONFIG.yaml --help` lists "
+                "that algorithm's config fields.")
+    name = names[0] if names[0] in ALGORITHMS else read_yaml(names[0]).get("algorithm")
+    try:
+        module = algorithm_module(name, where=names[0])
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    return f"algorithm {name}: " + usage + config_help(module.Config)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -66,6 +88,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("args", nargs=argparse.REMAINDER, help="config file and key=value overrides")
     ns = parser.parse_args(argv)
     try:
+        if ns.command != "submit" and {"-h", "--help"} & set(ns.args):
+            print(command_help(ns.command, ns.args) if ns.command != "build" else cmd_build.__doc__)
+            return 0
         result = COMMANDS[ns.command](ns.args)
     except ConfigError as err:
         print(f"rlcore {ns.command}: config error: {err}", file=sys.stderr)

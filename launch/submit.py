@@ -23,7 +23,6 @@ The config is loaded here first, so a bad key fails at once instead of on the cl
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import os
 import secrets
@@ -34,7 +33,8 @@ import sys
 import time
 from pathlib import Path
 
-from rlcore.config import ConfigError, load_config, read_yaml
+from algorithms import algorithm_module
+from rlcore.core.config import ConfigError, load_config, read_yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 """The working dir jobs run in by default: the folder holding launch/, rlcore/, actors/ and algorithms/."""
@@ -69,12 +69,11 @@ def config_in_working_dir(config: str, working_dir: Path) -> str:
 
 def check_config(config: str, overrides: list[str]) -> str:
     """Load the config the way `rlcore train` will (fails fast on a bad key); returns the algorithm name."""
-    from launch.cli import ALGORITHMS
-
     algorithm = read_yaml(config).get("algorithm")
-    if algorithm not in ALGORITHMS:
-        raise ConfigError(f"{config}: 'algorithm' is {algorithm!r}; choose one of {sorted(ALGORITHMS)}")
-    module = importlib.import_module(ALGORITHMS[algorithm])
+    try:
+        module = algorithm_module(algorithm, where=config)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
     load_config(module.Config, config, overrides, ignore=("algorithm",))
     return algorithm
 

@@ -1,11 +1,11 @@
 """Replays the recorded tool calls of the TARA training files through rlcore's tools.
 
-    python -m launch.tara_agreement [--data-dir ../shared/data/tara] [--limit N] [--workers N] [--show N]
+    python -m launch.tara_agreement [--data-dir data/tara] [--limit N] [--workers N] [--show N]
 
 Every call of a tool that runs here (calculator, Calendar.week_day /
 day_difference / target_day, including multi_tools' target_day calls, and
 code_run) is run again with the row as context, and the observation compared
-with the recorded one under `rlcore.tara.observations_agree` (whitespace,
+with the recorded one under `rlcore.rewards.tara.observations_agree` (whitespace,
 float formatting, code_run failure reasons as a set, Python-version wording of
 errors). Prints agreements / calls per tool, then which disagreements come
 from faults of the recording or differences of environment, how many recorded
@@ -18,11 +18,11 @@ import argparse
 import time
 from pathlib import Path
 
-from rlcore.tara import agreement_report, measure_agreement, observations_agree, replay_recorded_calls
+from rlcore.rewards.tara import agreement_report, measure_agreement, observations_agree, replay_recorded_calls
 
 __all__ = ["main", "measure_agreement"]
 
-DEFAULT_DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "tara"
+DEFAULT_DATA_DIR = Path(__file__).resolve().parents[1] / "data" / "tara"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> None:
                   f"      replayed: {item.observed[:300]}")
     if not any(agreement.unexplained for agreement in report.values()):
         print("  none")
-    print(f"\nComparison (rlcore.tara.observations_agree):\n{observations_agree.__doc__}")
+    print(f"\nComparison (rlcore.rewards.tara.observations_agree):\n{observations_agree.__doc__}")
 
 
 if __name__ == "__main__":

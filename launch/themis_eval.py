@@ -13,7 +13,7 @@ shuffle, `heldout_fraction` held out), for the same number of epochs:
     plain                question + answer only; pairwise ranking loss alone
 
 Held-out accuracy of a tool model is measured the way it would be used: it writes its
-Thought / Action / Action Input, the real tool (rlcore.tools) runs, the observation is
+Thought / Action / Action Input, the real tool (rlcore.rewards.tools) runs, the observation is
 inserted, it writes its rationale, the value head scores the final token ("generated").
 The accuracy on the recorded traces (teacher forcing) is reported as well; with a
 rationale it is not a fair test, because a recorded rationale already says whether the
@@ -30,7 +30,8 @@ import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from rlcore.themis import ThemisConfig, train_themis
+from rlcore.core.config import config_from_args
+from rlcore.rewards.themis.training import ThemisConfig, train_themis
 
 VARIANTS = {
     "tools": {"use_tools": True, "rationale": True},
@@ -75,9 +76,16 @@ def _percent(value: float | None) -> str:
     return "  n/a" if value is None else f"{value:5.1%}"
 
 
-def main(argv: list[str] | None = None) -> int:
-    from launch.reward_cmds import cmd_themis_eval
+def cmd_themis_eval(args: list[str]) -> dict:
+    """`rlcore themis-eval [CONFIG.yaml] [key=value ...]`, plus `variants=tools,no_rationale,plain` (default:
+    all three)."""
+    variants = [a.split("=", 1)[1] for a in args if a.startswith("variants=")]
+    args = [a for a in args if not a.startswith("variants=")]
+    chosen = tuple(variants[-1].split(",")) if variants else tuple(VARIANTS)
+    return compare(config_from_args(ThemisConfig, args), chosen)
 
+
+def main(argv: list[str] | None = None) -> int:
     cmd_themis_eval(list(sys.argv[1:] if argv is None else argv))
     return 0
 

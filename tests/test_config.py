@@ -3,8 +3,8 @@
 import pytest
 
 from launch.cli import main
-from rlcore.config import ConfigError, LearnerConfig, RolloutConfig, from_dict, load_config, parse_overrides
-from rlcore.sft import SFTConfig
+from rlcore.core.config import ConfigError, LearnerConfig, RolloutConfig, from_dict, load_config, parse_overrides
+from rlcore.models.sft import SFTConfig
 
 
 def test_defaults_and_overrides(tmp_path):

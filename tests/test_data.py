@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from rlcore.data import DataError, load_rows
+from rlcore.data.sources import DataError, load_rows
 
 
 def write_lines(path, lines):

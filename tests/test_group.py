@@ -15,9 +15,11 @@ import ray
 import torch
 from ray.cluster_utils import Cluster
 
-from rlcore.batch import Batch, make_batch
-from rlcore.config import RoleConfig
-from rlcore.distributed import ActorGroup, gather, init_ray, init_torch_distributed
+from rlcore.core.batch import Batch, make_batch
+from rlcore.core.config import RoleConfig
+from rlcore.runtime.cluster import init_ray
+from rlcore.runtime.group import ActorGroup, gather
+from rlcore.runtime.rendezvous import init_torch_distributed
 
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the actor classes below travel by value
 

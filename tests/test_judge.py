@@ -1,4 +1,4 @@
-"""Tests for rlcore.judge: templates, score parsing, judge-quality metrics.
+"""Tests for rlcore.rewards.judge: templates, score parsing, judge-quality metrics.
 
 Every metric is checked against values worked by hand in the docstring.
 """
@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from rlcore.judge import (
+from rlcore.rewards.judge import (
     COMPACT_JUDGE_TEMPLATE,
     JUDGE_RUBRIC,
     average_scores,

@@ -16,10 +16,10 @@ import torch
 from actors.critic import CriticWorker
 from actors.learner import LearnerWorker
 from actors.reference import ReferenceWorker
-from rlcore.batch import Batch, make_batch
-from rlcore.config import CriticConfig, LearnerConfig, ModelConfig, ReferenceConfig
-from rlcore.distributed import ActorGroup, gather, init_ray
-from rlcore.models import (
+from rlcore.core.batch import Batch, make_batch
+from rlcore.core.config import CriticConfig, LearnerConfig, ModelConfig, ReferenceConfig
+from rlcore.core.weights import merge_lora
+from rlcore.models.loading import (
     encode_prompts,
     load_model,
     load_tokenizer,
@@ -27,7 +27,8 @@ from rlcore.models import (
     response_values,
     token_logprobs,
 )
-from rlcore.weights import merge_lora
+from rlcore.runtime.cluster import init_ray
+from rlcore.runtime.group import ActorGroup, gather
 
 MODEL = "tiny:arithmetic"
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the objectives below travel by value

@@ -1,4 +1,4 @@
-"""Closed-form tests for rlcore.losses.
+"""Closed-form tests for rlcore.core.losses.
 
 Each test works its arithmetic out in its docstring; fast paths are checked
 against slow references (gae vs gae_reference, sequence_logprobs vs
@@ -10,7 +10,7 @@ import math
 import pytest
 import torch
 
-from rlcore.losses import (
+from rlcore.core.losses import (
     KL_ESTIMATORS,
     PREFERENCE_LOSSES,
     AdaptiveKLController,

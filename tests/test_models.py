@@ -3,9 +3,17 @@
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from rlcore.batch import make_batch
-from rlcore.models import (TinyModelSpec, build_tiny_model, encode_prompts, load_model, load_tokenizer,
-                           resolve_model, response_logits, response_values, token_logprobs)
+from rlcore.core.batch import make_batch
+from rlcore.models.loading import (
+    encode_prompts,
+    load_model,
+    load_tokenizer,
+    resolve_model,
+    response_logits,
+    response_values,
+    token_logprobs,
+)
+from rlcore.models.tiny import TinyModelSpec, build_tiny_model
 
 
 def test_tiny_model_is_an_ordinary_model_folder(tmp_path, monkeypatch):

@@ -4,14 +4,13 @@ import pytest
 import ray
 
 from algorithms import ppo
-from rlcore.config import ConfigError, load_config
-from rlcore.tracking import read_metrics
+from rlcore.core.config import ConfigError, load_config
+from rlcore.core.tracking import read_metrics
+from rlcore.runtime.cluster import init_ray
 
 
 @pytest.fixture(scope="module")
 def ray_local():
-    from rlcore.distributed import init_ray
-
     init_ray()
     yield
     ray.shutdown()

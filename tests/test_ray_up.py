@@ -45,7 +45,7 @@ import psutil
 import pytest
 import yaml
 
-from rlcore.distributed import free_port
+from rlcore.runtime.rendezvous import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 RAY = str(Path(sys.executable).parent / "ray")

@@ -17,10 +17,13 @@ import ray
 import torch
 
 from actors.reward import RewardWorker, Scores
+from actors.rollout import RolloutWorker, Sampling
 from algorithms import ppo
-from rlcore.batch import make_batch
-from rlcore.config import RewardConfig, TaskConfig, load_config
-from rlcore.tracking import read_metrics
+from rlcore.core.batch import make_batch
+from rlcore.core.config import RewardConfig, RolloutConfig, TaskConfig, load_config
+from rlcore.core.tracking import read_metrics
+from rlcore.runtime.cluster import init_ray
+from rlcore.runtime.group import with_retries
 
 SMALL = ["prompts_per_step=8", "task.eval_size=8", "eval_every=100",
          "tracking.wandb=false", "tracking.checkpoint_every=2", "rollout.max_new_tokens=4"]
@@ -28,8 +31,6 @@ SMALL = ["prompts_per_step=8", "task.eval_size=8", "eval_every=100",
 
 @pytest.fixture(scope="module")
 def ray_local():
-    from rlcore.distributed import init_ray
-
     init_ray()
     yield
     ray.shutdown()
@@ -130,8 +131,6 @@ def test_reward_worker_rejects_wrong_counts_and_nan():
 
 def test_with_retries_waits_for_restarts_and_bounds_deaths():
     """Unavailable (restarting) actors are waited for and the caller resyncs them; deaths are counted and bounded."""
-    from rlcore.distributed import with_retries
-
     events = []
 
     def restarting_then_fine():
@@ -152,9 +151,6 @@ def test_with_retries_waits_for_restarts_and_bounds_deaths():
 
 def test_over_length_prompts_are_skipped_and_all_too_long_is_an_error():
     """A prompt that cannot fit with max_new_tokens in the model's context is dropped (its group is missing)."""
-    from actors.rollout import RolloutWorker, Sampling
-    from rlcore.config import RolloutConfig
-
     worker = RolloutWorker("tiny:arithmetic", RolloutConfig(engine="transformers", threads=1))
     long_prompt = "1+" * 200 + "1="  # ~400 tokens; the tiny model's context is 256
     batch = worker.generate(["1+1=", long_prompt, "2+2="], Sampling(n=2, max_new_tokens=4), group_ids=[7, 8, 9])

@@ -1,14 +1,14 @@
-"""Scalar-head reward models (rlcore.reward_model): data, splits, scoring and that training learns."""
+"""Scalar-head reward models (rlcore.rewards.reward_model): data, splits, scoring and that training learns."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-import pytest
 import torch
 
-from rlcore.reward_model import (
+from launch.cli import main
+from rlcore.rewards.reward_model import (
     RMConfig,
     is_tara_file,
     load_pairs,
@@ -17,7 +17,7 @@ from rlcore.reward_model import (
     train_reward_model,
 )
 
-TARA = Path(__file__).resolve().parents[2] / "shared" / "data" / "tara"
+TARA = Path(__file__).resolve().parents[1] / "data" / "tara"
 
 
 def test_split_rows_is_seeded_disjoint_and_complete():
@@ -65,8 +65,6 @@ def test_tiny_reward_model_learns_arithmetic_preferences(tmp_path):
 
 
 def test_train_rm_command(tmp_path):
-    from launch.cli import main
-
     out = tmp_path / "rm"
     assert main(["train-rm", "launch/configs/rm_arithmetic.yaml", "steps=2", "batch_size=4", "train_size=16",
                  "heldout_size=8", f"output_dir={out}"]) == 0

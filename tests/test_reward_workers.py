@@ -21,10 +21,20 @@ import pytest
 import torch
 
 from actors.reward import SCORERS, RemoteRewardError, RemoteScorer, RewardWorker, SelfJudgeScorer, judge_rewards
-from rlcore.batch import make_batch
-from rlcore.config import RewardConfig, TaskConfig
-from rlcore.models import load_model, load_tokenizer, resolve_model
-from rlcore.weights import WeightUpdate
+from algorithms.rrhf import Config, train
+from rlcore.core.batch import make_batch
+from rlcore.core.config import RewardConfig, TaskConfig, load_config
+from rlcore.core.tracking import read_metrics
+from rlcore.core.weights import WeightUpdate
+from rlcore.models.build import build_model
+from rlcore.models.loading import load_model, load_tokenizer
+from rlcore.models.tiny import build_tiny_lm
+from rlcore.rewards.reward_model import RMConfig, right_pad, train_reward_model
+from rlcore.rewards.tara import TaraAnswer, ToolCall
+from rlcore.rewards.themis.model import ThemisModel, TinyLMSpec
+from rlcore.rewards.themis.tool_loop import run_tool_traces
+from rlcore.rewards.themis.trace import encode_segments, example_segments
+from rlcore.rewards.tools import ToolContext
 
 PROMPTS = ["12+7=", "3-45=", "61+22=", "90-9="]
 RESPONSES = ["19", "-42", "83", "18"]
@@ -49,8 +59,6 @@ def test_every_configured_kind_has_a_scorer():
 
 @pytest.fixture(scope="module")
 def reward_model_dir(tmp_path_factory):
-    from rlcore.reward_model import RMConfig, train_reward_model
-
     folder = tmp_path_factory.mktemp("rm")
     train_reward_model(RMConfig(steps=3, batch_size=8, train_size=64, heldout_size=16, output_dir=str(folder)))
     return folder
@@ -71,7 +79,7 @@ def test_model_scorer_batches_like_single_rows(reward_model_dir):
 @pytest.fixture(scope="module")
 def two_policies(tmp_path_factory):
     """The tiny arithmetic model (A) and a copy with perturbed weights (B), and B's weights."""
-    path_a = resolve_model("tiny:arithmetic")
+    path_a = build_model("tiny:arithmetic")
     model = load_model(path_a)
     torch.manual_seed(1)
     with torch.no_grad():
@@ -135,10 +143,6 @@ def themis_dir(tmp_path_factory):
     """A tiny Themis model that has memorised one trace with a Calendar.week_day call."""
     from transformers import AutoModelForCausalLM
 
-    from rlcore.tara import TaraAnswer, ToolCall
-    from rlcore.reward_model import right_pad
-    from rlcore.themis import ThemisModel, TinyLMSpec, build_tiny_lm, encode_segments, example_segments
-
     call = ToolCall("I need the week day.", "Calendar.week_day", "2008-06-16", "Monday")
     answer = TaraAnswer(CRAFTED_ANSWER, 1.0, (call,), "The tool agrees.")
     segments = example_segments(CRAFTED_QUESTION, answer, use_tools=True)
@@ -195,9 +199,6 @@ def test_tool_scorer_interleaves_a_real_tool_call(themis_dir):
 def test_tool_scorer_turns_a_malformed_action_into_an_observation(themis_dir):
     """A model output with no parsable action (here: a question the model never saw, with no tool it knows)
     becomes an "Error:" observation; nothing raises and every answer gets a finite reward."""
-    from rlcore.themis import ThemisModel, run_tool_traces
-    from rlcore.tools import ToolContext
-
     tokenizer = load_tokenizer(str(themis_dir))
     malformed = ("Thought: let me see\nAction Input: 2008-06-16\nObservation: (made up)", False)
     outputs = iter([[malformed], [("Rationale: cannot tell", True)]])
@@ -312,10 +313,6 @@ def test_rrhf_runs_with_the_tool_reward_by_config_change_only(themis_dir, tmp_pa
     """RRHF's tiny config with `reward.kind=tool reward.path=<Themis model>` on the calendar task: the Themis
     worker writes its tool calls for every sampled response and its rewards drive the ranking."""
     import ray
-
-    from algorithms.rrhf import Config, train
-    from rlcore.config import load_config
-    from rlcore.tracking import read_metrics
 
     config = load_config(Config, "launch/configs/rrhf_tiny.yaml", [
         "reward.kind=tool", f"reward.path={themis_dir}", "task.name=calendar", "model.path=tiny:calendar",

@@ -3,7 +3,7 @@
 The model is the tiny arithmetic Qwen2 after a few dozen SFT steps, so that it
 answers with digits and stops on eos (a random-init model almost never samples
 eos). References are computed in this process with plain transformers:
-teacher-forced logprobs (`rlcore.models.token_logprobs`) and greedy `generate`.
+teacher-forced logprobs (`rlcore.models.loading.token_logprobs`) and greedy `generate`.
 Tolerances: logprobs within 1e-4 (fp32; measured differences are ~1e-6), greedy
 token ids identical.
 """
@@ -15,23 +15,27 @@ from pathlib import Path
 import pytest
 import ray
 import torch
+from filelock import FileLock
 
 from actors.rollout import RolloutWorker, Sampling
-from rlcore.batch import Batch
-from rlcore.config import RolloutConfig
-from rlcore.distributed import free_port, init_ray
-from rlcore.models import (
-    cache_dir,
+from actors.vllm_ext import broadcast_weights, open_weight_group, weight_metadata
+from rlcore.core.batch import Batch
+from rlcore.core.config import RolloutConfig
+from rlcore.core.weights import WeightUpdate
+from rlcore.data.tasks import get_task
+from rlcore.models.build import build_model
+from rlcore.models.cache import cache_dir
+from rlcore.models.loading import (
     encode_prompts,
     format_prompt,
     load_model,
     load_tokenizer,
     position_ids,
-    resolve_model,
     response_logits,
     token_logprobs,
 )
-from rlcore.weights import WeightUpdate
+from rlcore.runtime.cluster import init_ray
+from rlcore.runtime.rendezvous import free_port
 
 LOGPROB_TOL = 1e-4
 QUESTIONS = ["12+7=", "3-45=", "61+22=", "90-9=", "5+5=", "47-18="]
@@ -46,8 +50,6 @@ LONG_QUESTION = "+".join(str(i % 97) for i in range(70)) + "="
 
 def teach_to_stop(base: str, folder: Path, steps: int = SFT_STEPS, seed: int = 0) -> None:
     """A few SFT steps on `a+b=c<eos>` so the tiny model writes digits and stops; saved to `folder`."""
-    from rlcore.tasks import get_task
-
     tokenizer, model = load_tokenizer(base), load_model(base)
     lines = [line for line in get_task("arithmetic").corpus(2048) if "=" in line and not line.endswith("=")]
     texts = [
@@ -72,9 +74,7 @@ def teach_to_stop(base: str, folder: Path, steps: int = SFT_STEPS, seed: int = 0
 @pytest.fixture(scope="module")
 def model_dir():
     """The tiny arithmetic model taught to stop, built once into the rlcore cache."""
-    from filelock import FileLock
-
-    base = resolve_model("tiny:arithmetic")
+    base = build_model("tiny:arithmetic")
     folder = cache_dir() / "models" / f"{Path(base).name}-stops-{SFT_STEPS}"
     with FileLock(str(folder) + ".lock"):
         if not (folder / "config.json").exists():
@@ -306,8 +306,6 @@ def test_sampling_from_config():
 def test_nccl_weight_broadcast(ray_local, model_dir):
     """Learner rank 0 (GPU 0, this process) broadcasts weights into a vLLM rollout actor (another GPU)."""
     import threading
-
-    from actors.vllm_ext import broadcast_weights, open_weight_group, weight_metadata
 
     torch.cuda.set_device(0)
     config = RolloutConfig(gpu_memory_utilization=0.3, num_gpus=1)

@@ -21,12 +21,12 @@ import pytest
 import ray
 import torch
 
-from algorithms.rrhf import Config, dedupe_responses, drop_tied_queries, sample_responses, split_queries
-from rlcore.config import ConfigError, load_config
-from rlcore.distributed import init_ray
-from rlcore.models import load_tokenizer
-from rlcore.tasks import get_task, near_miss
-from rlcore.tracking import read_metrics
+from algorithms.rrhf import Config, dedupe_responses, drop_tied_queries, sample_responses, split_queries, train
+from rlcore.core.config import ConfigError, load_config
+from rlcore.core.tracking import read_metrics
+from rlcore.data.tasks import get_task, near_miss
+from rlcore.models.loading import load_tokenizer
+from rlcore.runtime.cluster import init_ray
 
 CONFIG = Path(__file__).resolve().parents[1] / "launch" / "configs" / "rrhf_tiny.yaml"
 
@@ -104,16 +104,12 @@ def ray_cluster():
 
 
 def test_rrhf_online_raises_heldout_accuracy(ray_cluster, tmp_path):
-    from algorithms.rrhf import train
-
     result = train(tiny_config(run_dir=tmp_path))
     print(result)
     assert result["heldout_accuracy_after"] - result["heldout_accuracy_before"] >= 0.15, result
 
 
 def test_rrhf_one_model_from_rankings_file(ray_cluster, tmp_path):
-    from algorithms.rrhf import train
-
     path = rankings_file(tmp_path / "rankings.jsonl", num_queries=128)
     config = tiny_config("sources=[data]", f"data_path={path}", "rounds=1", "epochs=6", "queries_per_update=16",
                          "task.eval_size=128", run_dir=tmp_path)
@@ -128,8 +124,6 @@ def test_rrhf_one_model_from_rankings_file(ray_cluster, tmp_path):
 def test_rrhf_offline_with_a_second_model(ray_cluster, tmp_path):
     """2-model offline RRHF, sampled once: a second model's samples (its own rollout worker) ranked against the
     dataset's chosen and rejected answers. No policy rollout workers: nothing to sample or evaluate with."""
-    from algorithms.rrhf import train
-
     config = tiny_config("sources=[second_model, chosen, rejected]", "second_model.path=sft:arithmetic",
                          "second_model.n_samples=2", "rollout.num_workers=0", "rounds=1", "epochs=3",
                          "queries_per_update=16", run_dir=tmp_path)

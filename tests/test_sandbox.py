@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-from rlcore.tools.sandbox import SandboxLimits, run_tests
-from rlcore.tools.code_run import describe
+from rlcore.rewards.tools.code_run import describe
+from rlcore.rewards.tools.sandbox import SandboxLimits, run_tests
 
 LIMITS = SandboxLimits(test_cpu_s=0.3, test_wall_s=1.0, cpu_s=2, wall_s=8.0, memory_mib=128, output_bytes=1000)
 BOUND_S = 15.0  # no run may take longer than this, whatever it does

@@ -15,10 +15,17 @@ import pytest
 import ray
 
 from actors.rollout import Sampling
-from launch.bench_scaling import (PPO_OVERRIDES, check_placement, node_label, node_resources, ppo_placement,
-                                  scaling, start_cluster)
-from rlcore.models import resolve_model
-from rlcore.tasks import get_task
+from launch.bench_scaling import (
+    PPO_OVERRIDES,
+    check_placement,
+    node_label,
+    node_resources,
+    ppo_placement,
+    scaling,
+    start_cluster,
+)
+from rlcore.data.tasks import get_task
+from rlcore.models.build import build_model
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -57,7 +64,7 @@ def test_rollout_replicas_scale_without_touching_other_roles():
 def test_two_rollout_workers_generate_faster_than_one():
     prompts = [example.prompt for example in get_task("arithmetic").examples("train", 256)]
     load_before = os.getloadavg()[0]
-    result = scaling(resolve_model("tiny:arithmetic"), prompts, Sampling(n=4, max_new_tokens=8), rounds=1, calls=2)
+    result = scaling(build_model("tiny:arithmetic"), prompts, Sampling(n=4, max_new_tokens=8), rounds=1, calls=2)
     load_after = os.getloadavg()[0]
     one, two = result["runs"][0][1], result["runs"][0][2]
     print(f"2 vs 1 rollout workers: wall {result['ratio']:.2f}x, CPU-time {result['cpu_time_ratio']:.2f}x "

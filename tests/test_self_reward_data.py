@@ -10,13 +10,25 @@ import math
 import pytest
 import torch
 
-from rlcore.batch import make_batch
-from rlcore.config import ConfigError
-from rlcore.judge import COMPACT_JUDGE_TEMPLATE, JUDGE_RUBRIC, judge_prompt, kendall_tau, parse_score, spearman
-from rlcore.self_reward_data import (MAX_SCORE, SeedConfig, best_vs_worst, eft_examples, ift_examples,
-                                     judge_completion, judge_quality, judge_score, pair_minibatches, seed_examples,
-                                     self_instruct_examples, self_instruct_prompt, verifier_score)
-from rlcore.tasks import get_task, split_of
+from algorithms.self_rewarding_seed import (
+    MAX_SCORE,
+    SeedConfig,
+    best_vs_worst,
+    eft_examples,
+    ift_examples,
+    judge_completion,
+    judge_quality,
+    judge_score,
+    pair_minibatches,
+    seed_examples,
+    self_instruct_examples,
+    self_instruct_prompt,
+    verifier_score,
+)
+from rlcore.core.batch import make_batch
+from rlcore.core.config import ConfigError
+from rlcore.data.tasks import get_task, split_of
+from rlcore.rewards.judge import COMPACT_JUDGE_TEMPLATE, JUDGE_RUBRIC, judge_prompt, kendall_tau, parse_score, spearman
 
 
 @pytest.fixture(scope="module")

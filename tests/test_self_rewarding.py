@@ -23,11 +23,11 @@ import ray
 import torch
 
 from algorithms.self_rewarding import Config, preference_objective, train
-from rlcore import losses
-from rlcore.batch import make_batch
-from rlcore.config import ConfigError, load_config
-from rlcore.distributed import init_ray
-from rlcore.models import response_logits, token_logprobs
+from rlcore.core import losses
+from rlcore.core.batch import make_batch
+from rlcore.core.config import ConfigError, load_config
+from rlcore.models.loading import response_logits, token_logprobs
+from rlcore.runtime.cluster import init_ray
 
 CONFIG = Path(__file__).resolve().parents[1] / "launch" / "configs" / "self_rewarding_tiny.yaml"
 

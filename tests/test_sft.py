@@ -2,9 +2,10 @@
 
 import torch
 
-from rlcore.models import load_model, load_tokenizer, resolve_model, response_logits, token_logprobs
-from rlcore.sft import SFTConfig, answer_batch, greedy_accuracy, train_sft
-from rlcore.tasks import get_task
+from rlcore.data.tasks import get_task
+from rlcore.models.build import build_model
+from rlcore.models.loading import load_model, load_tokenizer, response_logits, token_logprobs
+from rlcore.models.sft import SFTConfig, answer_batch, greedy_accuracy, train_sft
 
 
 def heldout_nll(path, examples):
@@ -21,7 +22,7 @@ def test_sft_checkpoint_reaches_a_moderate_heldout_accuracy():
     heldout = task.examples("heldout", 256)
     accuracy = {}
     for name in ("tiny:arithmetic", "sft:arithmetic"):
-        path = resolve_model(name)
+        path = build_model(name)
         accuracy[name] = greedy_accuracy(load_model(path), load_tokenizer(path), task, heldout, max_new_tokens=8)
     print(accuracy)
     assert accuracy["tiny:arithmetic"] < 0.02
@@ -34,4 +35,4 @@ def test_short_sft_run_lowers_heldout_nll(tmp_path):
     result = train_sft(config, tmp_path / "sft")
     heldout = get_task("arithmetic").examples("heldout", 128)
     assert result.steps == 40
-    assert heldout_nll(result.path, heldout) < heldout_nll(resolve_model("tiny:arithmetic"), heldout) - 0.5
+    assert heldout_nll(result.path, heldout) < heldout_nll(build_model("tiny:arithmetic"), heldout) - 0.5

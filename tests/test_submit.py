@@ -22,7 +22,7 @@ import psutil
 import pytest
 
 from launch.submit import UPLOAD_EXCLUDES, submit_command
-from rlcore.distributed import free_port
+from rlcore.runtime.rendezvous import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 RAY = str(Path(sys.executable).parent / "ray")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from rlcore.tara import (
+from rlcore.rewards.tara import (
     ReplayedCall,
     TaraFormatError,
     explain_disagreement,
@@ -17,10 +17,10 @@ from rlcore.tara import (
     render_trace,
     replay_tools,
 )
-from rlcore.tools import TOOLS, SandboxLimits, run_tool
-from rlcore.tools.code_run import CodeRun
+from rlcore.rewards.tools import TOOLS, SandboxLimits, run_tool
+from rlcore.rewards.tools.code_run import CodeRun
 
-DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "tara"
+DATA_DIR = Path(__file__).resolve().parents[1] / "data" / "tara"
 needs_data = pytest.mark.skipif(not DATA_DIR.is_dir(), reason=f"TARA data not found at {DATA_DIR}")
 
 

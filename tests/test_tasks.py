@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from rlcore.tasks import TASKS, ArithmeticTask, CalendarTask, Example, Task, get_task, near_miss, split_of
+from rlcore.data.tasks import TASKS, ArithmeticTask, CalendarTask, Example, Task, get_task, near_miss, split_of
 
-TARA_CALENDAR = Path("/work/shared/data/tara/calendar_train.jsonl")
+TARA_CALENDAR = Path(__file__).resolve().parents[1] / "data" / "tara" / "calendar_train.jsonl"
 
 
 @pytest.fixture(scope="module", params=sorted(TASKS))

@@ -1,4 +1,4 @@
-"""Themis (rlcore.themis): trace formatting, token kinds, the model wrapper, the tool loop and training.
+"""Themis (rlcore.rewards.themis): trace formatting, token kinds, the model wrapper, the tool loop and training.
 
 The tool loop is driven here by a scripted generator (what a model would write) so
 every branch is exercised exactly: a real call, a malformed action, an unknown tool,
@@ -13,27 +13,24 @@ from pathlib import Path
 import pytest
 import torch
 
-from rlcore.models import load_tokenizer
-from rlcore.tara import load_tara, render_trace
-from rlcore.themis import (
+from launch.themis_eval import compare
+from rlcore.models.loading import load_tokenizer
+from rlcore.models.tiny import build_tiny_lm
+from rlcore.rewards.tara import load_tara, render_trace
+from rlcore.rewards.themis.model import ThemisModel, TinyLMSpec, score_segments
+from rlcore.rewards.themis.tool_loop import run_tool_traces
+from rlcore.rewards.themis.trace import (
     OBSERVATION,
     Segment,
-    ThemisConfig,
-    ThemisModel,
-    TinyLMSpec,
-    build_tiny_lm,
     encode_segments,
     example_segments,
-    make_pair_batch,
     render_segments,
-    run_tool_traces,
-    score_segments,
     split_generated,
-    themis_loss,
 )
-from rlcore.tools import TOOLS, ToolContext
+from rlcore.rewards.themis.training import ThemisConfig, make_pair_batch, themis_loss
+from rlcore.rewards.tools import TOOLS, ToolContext
 
-TARA = Path(__file__).resolve().parents[2] / "shared" / "data" / "tara"
+TARA = Path(__file__).resolve().parents[1] / "data" / "tara"
 SMALL = TinyLMSpec(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, vocab_size=400, max_positions=512)
 
 
@@ -223,8 +220,6 @@ def test_themis_eval_end_to_end_small(tmp_path):
     """The calendar measurement (launch.themis_eval) in miniature: 20 rows, a 2-layer model, 2 epochs,
     the three variants, the tool models evaluated with generated traces and real tool calls."""
     import json
-
-    from launch.themis_eval import compare
 
     with open(TARA / "calendar_train.jsonl") as source:
         (tmp_path / "rows.jsonl").write_text("".join(line for line, _ in zip(source, range(20))))

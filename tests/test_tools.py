@@ -2,16 +2,8 @@
 
 import pytest
 
-from rlcore.tools import (
-    TOOLS,
-    ReplayTool,
-    ToolContext,
-    ToolError,
-    observe,
-    parse_action,
-    run_tool,
-)
-from rlcore.tools.calculator import evaluate, golden_number
+from rlcore.rewards.tools import TOOLS, ReplayTool, ToolContext, ToolError, observe, parse_action, run_tool
+from rlcore.rewards.tools.calculator import evaluate, golden_number
 
 # ---- calculator: plain arithmetic ------------------------------------------------------
 

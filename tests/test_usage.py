@@ -1,4 +1,4 @@
-"""rlcore.usage: busy seconds, calls and Batch tokens counted where the work runs; ActorGroup.usage reads them."""
+"""rlcore.core.usage: busy seconds, calls and Batch tokens counted where the work runs; ActorGroup.usage reads them."""
 
 import sys
 import time
@@ -7,9 +7,11 @@ import pytest
 import ray
 import torch
 
-from rlcore import usage
-from rlcore.batch import make_batch
-from rlcore.distributed import ActorGroup, gather
+from actors.driver import usage_metrics
+from rlcore.core import usage
+from rlcore.core.batch import make_batch
+from rlcore.runtime.cluster import init_ray
+from rlcore.runtime.group import ActorGroup, gather
 
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Worker travels to the actors by value
 
@@ -100,9 +102,6 @@ def test_snapshot_fields_and_decorated_methods_keep_their_names():
 def test_actor_group_usage_is_measured_inside_each_replica():
     """Two replicas: rank 0 is busy 0.2 s, rank 1 0.05 s plus 0.2 s in an undecorated method; the driver's own
     counters stay at zero (the work ran in the actors' processes). `usage_metrics` sums them per role."""
-    from actors.driver import usage_metrics
-    from rlcore.distributed import init_ray
-
     init_ray(num_cpus=2)
     try:
         group = ActorGroup(Worker, num_workers=2, num_cpus=0.5)

@@ -1,89 +1,28 @@
-"""Distributed plumbing: starting Ray, groups of actors, torch.distributed for learner ranks.
+"""Groups of actors: `ActorGroup` (N replicas of one role on a placement group, typed fan-out calls),
+`gather`, and `with_retries` for calls whose actors may die and be restarted.
 
 Algorithms build their topology from `ActorGroup`s and never touch placement
-groups, ports or environment variables; all of that lives here.
+groups, ports or environment variables.
 """
 
 from __future__ import annotations
 
-import os
-import socket
 import time
 from collections.abc import Callable
-from datetime import timedelta
-from pathlib import Path
 from typing import Any, Concatenate, Generic, Literal, ParamSpec, TypeVar
 
 import ray
 from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy, PlacementGroupSchedulingStrategy
 
-from rlcore import usage
-from rlcore.batch import Batch
-from rlcore.config import RoleConfig
+from rlcore.core import usage
+from rlcore.core.batch import Batch
+from rlcore.core.config import RoleConfig
+from rlcore.runtime.rendezvous import free_endpoint
 
 T = TypeVar("T")
 P = ParamSpec("P")
 R = TypeVar("R")
-
-OBJECT_STORE_BYTES = 200 * 1024**2
-"""Object-store size of a local Ray instance: batches and tiny-model weights fit with room to spare."""
-
-WORKER_ENV_DEFAULTS = {
-    "VLLM_ENABLE_V1_MULTIPROCESSING": "0",  # engine in the actor's process: fast weight updates (NOTES.md)
-    "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",  # else vLLM-CPU computes on one core of two
-    "VLLM_CPU_KVCACHE_SPACE": "1",  # GiB; vLLM's default asks for 92 % of a NUMA node
-    "VLLM_LOGGING_LEVEL": "ERROR",
-    "TOKENIZERS_PARALLELISM": "false",
-    "WANDB_MODE": "offline",
-}
-"""Environment every actor needs. A variable already set in the driver's environment wins."""
-
-PACKAGE_ROOT = str(Path(__file__).resolve().parents[1])
-"""The folder holding `rlcore/` and `actors/`, put on the workers' PYTHONPATH."""
-
-
-def worker_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    """The env vars shipped to every Ray worker: defaults, overridden by the driver's env, then by `extra`."""
-    env = {key: os.environ.get(key, value) for key, value in WORKER_ENV_DEFAULTS.items()}
-    if "RLCORE_CACHE" in os.environ:
-        env["RLCORE_CACHE"] = os.environ["RLCORE_CACHE"]
-    paths = [PACKAGE_ROOT] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
-    env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
-    env.update(extra or {})
-    return env
-
-
-def init_ray(
-    num_cpus: float | None = None,
-    address: str | None = None,
-    env: dict[str, str] | None = None,
-    object_store_memory: int = OBJECT_STORE_BYTES,
-    **kwargs: Any,
-) -> None:
-    """Start (or join) Ray with a runtime env that carries `worker_env(env)` to every actor.
-
-    With no `address` and no RAY_ADDRESS this starts a private local instance
-    (no dashboard, a small object store); otherwise it connects to that cluster
-    (`ray up` / `ray start --head`), whose nodes bring their own resources.
-    Does nothing if this process is already connected. Extra `kwargs` go to `ray.init`.
-    """
-    if ray.is_initialized():
-        return
-    runtime_env = dict(kwargs.pop("runtime_env", None) or {})
-    runtime_env["env_vars"] = {**worker_env(env), **runtime_env.get("env_vars", {})}
-    address = address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, runtime_env=runtime_env, **kwargs)
-        return
-    ray.init(
-        address="local",
-        num_cpus=num_cpus,
-        include_dashboard=False,
-        object_store_memory=object_store_memory,
-        runtime_env=runtime_env,
-        **kwargs,
-    )
 
 
 def gather(refs: list[ray.ObjectRef]) -> list:
@@ -230,7 +169,7 @@ class ActorGroup(Generic[T]):
         ]
 
     def usage(self) -> list[dict[str, Any]]:
-        """`rlcore.usage.snapshot()` of every replica, taken inside it (busy seconds of its `@busy` methods,
+        """`rlcore.core.usage.snapshot()` of every replica, taken inside it (busy seconds of its `@busy` methods,
         CPU seconds, peak memory), in rank order. Runs through Ray's `__ray_call__`, so after any call in flight."""
         return gather([actor.__ray_call__.remote(_usage_snapshot) for actor in self.actors])
 
@@ -309,53 +248,3 @@ def with_retries(
             stale, waiting_since = True, time.monotonic()
 
 
-def free_port() -> int:
-    """A TCP port free on this node right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("", 0))
-        return sock.getsockname()[1]
-
-
-def free_endpoint() -> tuple[str, int]:
-    """This node's IP address and a TCP port free on it right now."""
-    return ray.util.get_node_ip_address(), free_port()
-
-
-def init_torch_distributed(
-    rank: int = 0,
-    world_size: int = 1,
-    master_addr: str | None = None,
-    master_port: int | None = None,
-    timeout_s: float = 600.0,
-) -> str:
-    """Join (or, with one rank and no address, create) the torch.distributed group of this process.
-
-    Sets MASTER_ADDR / MASTER_PORT / RANK / WORLD_SIZE / LOCAL_RANK and calls
-    `deepspeed.init_distributed` with gloo on CPU or nccl on GPU. LOCAL_RANK is 0:
-    Ray gives each GPU actor its own CUDA_VISIBLE_DEVICES. Returns the backend.
-    """
-    import deepspeed
-    import torch
-
-    if master_addr is None or master_port is None:
-        if world_size > 1:
-            raise ValueError("ranks of a group of more than one need master_addr and master_port")
-        master_addr, master_port = "127.0.0.1", free_port()
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
-    os.environ.update(
-        MASTER_ADDR=str(master_addr),
-        MASTER_PORT=str(master_port),
-        RANK=str(rank),
-        WORLD_SIZE=str(world_size),
-        LOCAL_RANK="0",
-    )
-    deepspeed.init_distributed(
-        dist_backend=backend,
-        auto_mpi_discovery=False,
-        distributed_port=int(master_port),
-        verbose=False,
-        timeout=timedelta(seconds=timeout_s),
-        rank=rank,
-        world_size=world_size,
-    )
-    return backend

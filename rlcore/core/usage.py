@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from rlcore.batch import Batch
+from rlcore.core.batch import Batch
 
 F = TypeVar("F", bound=Callable[..., Any])
 

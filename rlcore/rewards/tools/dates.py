@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from datetime import date, datetime, timedelta
 
-from rlcore.tools.base import NO_CONTEXT, ToolContext, ToolError
+from rlcore.rewards.tools.base import NO_CONTEXT, ToolContext, ToolError
 
 WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
 

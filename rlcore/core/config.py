@@ -8,8 +8,11 @@ and what is allowed.
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import inspect
 import re
+import textwrap
 import types
 import typing
 from dataclasses import dataclass, field
@@ -90,7 +93,7 @@ class ModelConfig:
 
 @dataclass
 class TaskConfig:
-    """The verifiable task prompts come from (rlcore.tasks)."""
+    """The verifiable task prompts come from (rlcore.data.tasks)."""
 
     name: Literal["arithmetic", "calendar"] = "arithmetic"
     """Task name."""
@@ -325,6 +328,47 @@ def load_config(cls: type, path: str | Path | None = None, overrides: list[str] 
     for key in ignore:
         data.pop(key, None)
     return from_dict(cls, merge(data, parse_overrides(list(overrides))))
+
+
+def config_from_args(cls: type, args: list[str], ignore: tuple = ("algorithm",)) -> Any:
+    """A config from a command's arguments, `[CONFIG.yaml] [key=value ...]`: the first argument is the YAML
+    file unless it is an override (holds '=')."""
+    path, overrides = (args[0], list(args[1:])) if args and "=" not in args[0] else (None, list(args))
+    return load_config(cls, path, overrides, ignore=ignore)
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """The docstring under each field of dataclass `cls` (and of the dataclasses it inherits from)."""
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if not dataclasses.is_dataclass(klass):
+            continue
+        body = ast.parse(textwrap.dedent(inspect.getsource(klass))).body[0].body
+        for node, after in zip(body, body[1:]):
+            if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and isinstance(after, ast.Expr)
+                    and isinstance(after.value, ast.Constant) and isinstance(after.value.value, str)):
+                docs[node.target.id] = " ".join(after.value.value.split())
+    return docs
+
+
+def config_help(config: Any, prefix: str = "") -> str:
+    """Every field of a config (a dataclass or an instance: its values are the defaults shown) with its type,
+    default and docstring; nested configs (roles) get their own section, with dotted keys as the command line
+    takes them."""
+    config = config() if isinstance(config, type) else config
+    cls = type(config)
+    docs = field_docs(cls)
+    lines, sections = [], []
+    for f in dataclasses.fields(cls):
+        value = getattr(config, f.name)
+        if dataclasses.is_dataclass(value):
+            title = f"{prefix}{f.name}: {docs.get(f.name, '')}".rstrip(": ")
+            sections.append(f"\n[{title}]\n" + config_help(value, f"{prefix}{f.name}."))
+            continue
+        hint = typing.get_type_hints(cls)[f.name]
+        kind = hint.__name__ if isinstance(hint, type) else str(hint).replace("typing.", "")
+        lines.append(f"  {prefix}{f.name} ({kind}, default {value!r})\n      {docs.get(f.name, '')}".rstrip())
+    return "\n".join(lines + sections)
 
 
 def to_dict(config: Any) -> dict:

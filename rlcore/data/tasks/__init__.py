@@ -181,8 +181,8 @@ class Task(ABC):
 
 
 # The tasks import Task from this module, so they are imported after it is defined.
-from rlcore.tasks.arithmetic import ArithmeticTask  # noqa: E402
-from rlcore.tasks.calendar import CalendarTask  # noqa: E402
+from rlcore.data.tasks.arithmetic import ArithmeticTask  # noqa: E402
+from rlcore.data.tasks.calendar import CalendarTask  # noqa: E402
 
 TASKS: dict[str, type[Task]] = {ArithmeticTask.name: ArithmeticTask, CalendarTask.name: CalendarTask}
 

@@ -21,8 +21,8 @@ visible to the reward model:
 
 from __future__ import annotations
 
-from rlcore.tools.base import NO_CONTEXT, ToolContext, ToolError
-from rlcore.tools.sandbox import SandboxLimits, SandboxResult, run_tests
+from rlcore.rewards.tools.base import NO_CONTEXT, ToolContext, ToolError
+from rlcore.rewards.tools.sandbox import SandboxLimits, SandboxResult, run_tests
 
 SAME_AS_ANSWER = "Same as the answer"
 _MAX_REASON_CHARS = 300

@@ -1,7 +1,7 @@
 """Trained reward models: a scalar head on the last token, fitted on preference pairs.
 
 The model is a standard `AutoModelForSequenceClassification` with `num_labels=1`
-(`rlcore.models.load_model(path, head="reward")`). It reads the prompt as a user
+(`rlcore.models.loading.load_model(path, head="reward")`). It reads the prompt as a user
 turn of the model's chat template, then the response and eos:
 
     format_prompt(tokenizer, prompt) + response + eos          ("<bos>12+7=19<eos>" for a tiny model)
@@ -13,7 +13,7 @@ and reports held-out pairwise accuracy (a tie counts ½).
 Preference pairs {"prompt", "chosen", "rejected"} come from one of
     task:<name>        the task's `preference_pairs` (right answer vs a plausible wrong one),
                        train and held-out from the task's own splits
-    a JSONL / Parquet  `rlcore.data.load_rows(path, "preferences")`
+    a JSONL / Parquet  `rlcore.data.sources.load_rows(path, "preferences")`
     a TARA JSONL       question, pos_answer.answer, neg_answer.answer
 Files are split into train / held-out by a seeded shuffle (`split_rows`).
 """
@@ -28,10 +28,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
-from rlcore.losses import pairwise_reward_loss
-from rlcore.models import format_prompt, load_model, load_tokenizer
+from rlcore.core.config import check_range
+from rlcore.core.losses import pairwise_reward_loss
+from rlcore.core.training import Optimizer, progress
+from rlcore.data.sources import load_rows
+from rlcore.data.tasks import get_task
+from rlcore.models.build import build_model
+from rlcore.models.loading import format_prompt, load_model, load_tokenizer
+from rlcore.rewards.tara import load_tara
 
 TASK_PREFIX = "task:"
 
@@ -72,8 +77,6 @@ class RMConfig:
     """Torch threads (0 = all cores)."""
 
     def __post_init__(self) -> None:
-        from rlcore.config import check_range
-
         check_range("heldout_fraction", self.heldout_fraction, 0, 0.9)
         check_range("steps", self.steps, 1)
         check_range("batch_size", self.batch_size, 1)
@@ -121,19 +124,13 @@ def is_tara_file(path: str | Path) -> bool:
 def load_pairs(config: RMConfig) -> tuple[list[dict], list[dict]]:
     """(train, held-out) lists of {"prompt", "chosen", "rejected"}."""
     if config.data.startswith(TASK_PREFIX):
-        from rlcore.tasks import get_task
-
         task = get_task(config.data[len(TASK_PREFIX) :])
         return (task.preference_pairs("train", config.train_size, config.split_seed),
                 task.preference_pairs("heldout", config.heldout_size, config.split_seed))
     if is_tara_file(config.data):
-        from rlcore.tara import load_tara
-
         rows = [{"prompt": row.question, "chosen": row.pos.answer, "rejected": row.neg.answer}
                 for row in load_tara(config.data)]
     else:
-        from rlcore.data import load_rows
-
         rows = [{key: row[key] for key in ("prompt", "chosen", "rejected")}
                 for row in load_rows(config.data, "preferences").rows]
     return split_rows(rows, config.heldout_fraction, config.split_seed)
@@ -214,34 +211,29 @@ def train_reward_model(config: RMConfig) -> RMResult:
     if config.threads:
         torch.set_num_threads(config.threads)
     train, heldout = load_pairs(config)
-    tokenizer = load_tokenizer(config.model)
-    model = load_model(config.model, head="reward")
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, betas=(0.9, 0.98))
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: min(1.0, (step + 1) / max(1, config.warmup_steps)))
+    start_model = build_model(config.model)
+    tokenizer = load_tokenizer(start_model)
+    model = load_model(start_model, head="reward")
+    optimizer = Optimizer(model, config.lr, config.warmup_steps)
     generator = random.Random(config.seed)
     start = time.time()
     accuracy = start_accuracy = heldout_accuracy(model, tokenizer, heldout, config.max_length)
     correct = []
-    progress = tqdm(range(1, config.steps + 1), desc="train-rm", unit="step")
-    for step in progress:
+    bar = progress(config.steps, "train-rm")
+    for step in range(1, config.steps + 1):
         model.train()
         pairs = [train[generator.randrange(len(train))] for _ in range(config.batch_size)]
         texts = ([reward_text(tokenizer, p["prompt"], p["chosen"]) for p in pairs]
                  + [reward_text(tokenizer, p["prompt"], p["rejected"]) for p in pairs])
         input_ids, attention_mask = encode_right_padded(tokenizer, texts, config.max_length)
         chosen, rejected = sequence_rewards(model, input_ids, attention_mask).chunk(2)
-        loss = pairwise_reward_loss(chosen, rejected)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
-        optimizer.zero_grad(set_to_none=True)
+        loss = optimizer.step(pairwise_reward_loss(chosen, rejected))
+        bar.update(1)
         correct = (correct + [pairwise_accuracy(chosen.detach(), rejected.detach())])[-20:]
         if step % config.eval_every == 0 or step == config.steps:
             accuracy = heldout_accuracy(model, tokenizer, heldout, config.max_length)
-            progress.set_postfix(loss=f"{loss.item():.3f}", heldout_acc=f"{accuracy:.3f}")
-    progress.close()
+            bar.set_postfix(loss=f"{loss.item():.3f}", heldout_acc=f"{accuracy:.3f}")
+    bar.close()
     path = Path(config.output_dir or f"runs/rm-{time.strftime('%Y%m%d-%H%M%S')}")
     path.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(path)

@@ -6,14 +6,14 @@ folded, spaces around commas removed). For any other input it says so:
 
     Replay: no recorded observation for history_weather with input 'Paris, 2023-05-07'
 
-`rlcore.tara.replay_tools(rows)` builds them from loaded TARA rows.
+`rlcore.rewards.tara.replay_tools(rows)` builds them from loaded TARA rows.
 """
 
 from __future__ import annotations
 
 import re
 
-from rlcore.tools.base import NO_CONTEXT, ToolContext
+from rlcore.rewards.tools.base import NO_CONTEXT, ToolContext
 
 
 def replay_key(action_input: str) -> str:

@@ -1,6 +1,6 @@
 """TARA rows (the Themis paper's Tool-Augmented Reward dAtaset): loading, tool calls, training traces.
 
-One JSON object per line (see shared/data/tara/README.md):
+One JSON object per line (see data/tara/README.md):
 
     {"id", "question", "pos_answer": {"answer", "score", "actions", "score_agent": {"explanation", "score"}},
      "neg_answer": {...}, "test_list": [...] (code rows only)}
@@ -26,7 +26,7 @@ before its rationale. Field values are written as recorded: a multi-line value
 a line of its own with its label.
 
 `measure_agreement` replays every recorded call of the live tools (calculator,
-Calendar.*, code_run) through `rlcore.tools` and compares observations; see
+Calendar.*, code_run) through `rlcore.rewards.tools` and compares observations; see
 `observations_agree` for what counts as the same.
 """
 
@@ -41,8 +41,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rlcore.tools import TOOLS, ReplayTool, Tool, ToolContext, run_tool
-from rlcore.tools.calculator import check_annotations
+from rlcore.rewards.tools import TOOLS, ReplayTool, Tool, ToolContext, run_tool
+from rlcore.rewards.tools.calculator import check_annotations
 
 NO_TOOL_THOUGHT = "Do I need to use a tool? No"
 TRAINING_FILES = ("calculator_train.jsonl", "calendar_train.jsonl", "code_train.jsonl",
@@ -197,7 +197,7 @@ def replay_tools(rows: Iterable[TaraRow]) -> dict[str, ReplayTool]:
 
 @dataclass(frozen=True)
 class ReplayedCall:
-    """One recorded tool call run again through `rlcore.tools`."""
+    """One recorded tool call run again through `rlcore.rewards.tools`."""
 
     row: TaraRow
     side: str

@@ -14,7 +14,7 @@ import itertools
 import random
 import re
 
-from rlcore.tasks import MAX_LISTED, Task, near_miss
+from rlcore.data.tasks import MAX_LISTED, Task, near_miss
 
 _PROMPT = re.compile(r"(?:0|[1-9][0-9]*)(?:[-+*](?:0|[1-9][0-9]*))*=")
 _TOKEN = re.compile(r"[0-9]+|[-+*]")

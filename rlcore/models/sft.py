@@ -14,11 +14,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
-from rlcore.batch import Batch, make_batch
-from rlcore.models import encode_prompts, load_model, load_tokenizer, response_logits, token_logprobs
-from rlcore.tasks import Example, Task, get_task
+from rlcore.core.batch import Batch, make_batch
+from rlcore.core.config import check_range
+from rlcore.core.tracking import new_run_dir
+from rlcore.core.training import Optimizer, progress
+from rlcore.data.tasks import Example, Task, get_task
+from rlcore.models.cache import TINY_PREFIX
+from rlcore.models.loading import encode_prompts, load_model, load_tokenizer, response_logits, token_logprobs
+from rlcore.models.tiny import TinyModelSpec, build_tiny_model
 
 
 @dataclass
@@ -28,7 +32,7 @@ class SFTConfig:
     model: str = "tiny:arithmetic"
     """Starting model: tiny:<task>, a folder or a Hub name."""
     task: str = "arithmetic"
-    """Task to learn (rlcore.tasks)."""
+    """Task to learn (rlcore.data.tasks)."""
     output_dir: str = ""
     """Where the checkpoint goes; empty = a new run folder runs/sft-<time>."""
     target_accuracy: float = 0.45
@@ -51,12 +55,10 @@ class SFTConfig:
     """Greedy generation length for evaluation."""
     seed: int = 0
     """Seed of data order and initialisation."""
-    threads: int = 0
-    """Torch threads (0 = all cores)."""
+    threads: int = 2
+    """Torch threads. Fixed, so that a build gives the same weights in any process on any core count."""
 
     def __post_init__(self) -> None:
-        from rlcore.config import check_range
-
         check_range("target_accuracy", self.target_accuracy, 0, 1)
         check_range("max_steps", self.max_steps, 1)
         check_range("batch_size", self.batch_size, 1)
@@ -99,31 +101,11 @@ def greedy_accuracy(model, tokenizer, task: Task, examples: list[Example], max_n
     return sum(task.verify(e.prompt, r) for e, r in zip(examples, responses)) / len(examples)
 
 
-def default_output_dir(config: SFTConfig) -> Path:
-    from rlcore.models import cache_dir
-
-    name = config.model.replace(":", "-").replace("/", "_")
-    return cache_dir() / "sft" / f"{name}-{config.task}-acc{config.target_accuracy}-seed{config.seed}"
-
-
-def adamw_with_warmup(model, lr: float, warmup_steps: int):
-    """AdamW (betas 0.9, 0.98) and a linear warm-up to `lr` over `warmup_steps`, then constant."""
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.98))
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / max(1, warmup_steps)))
-    return optimizer, schedule
-
-
-def sft_step(model, tokenizer, examples: list[Example], optimizer, schedule) -> torch.Tensor:
-    """One optimizer step of token-mean NLL on the examples' answers, gradients clipped at 1.0; the loss."""
+def sft_step(model, tokenizer, examples: list[Example], optimizer: Optimizer) -> torch.Tensor:
+    """One optimizer step of token-mean NLL on the examples' answers; the loss."""
     model.train()
     batch = answer_batch(tokenizer, examples)
-    loss = -(token_logprobs(response_logits(model, batch), batch).sum() / batch.response_mask.sum())
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-    optimizer.step()
-    schedule.step()
-    optimizer.zero_grad(set_to_none=True)
-    return loss
+    return optimizer.step(-(token_logprobs(response_logits(model, batch), batch).sum() / batch.response_mask.sum()))
 
 
 def train_sft(config: SFTConfig, path: str | Path) -> SFTResult:
@@ -136,21 +118,21 @@ def train_sft(config: SFTConfig, path: str | Path) -> SFTResult:
     model = load_model(config.model)
     train = task.examples("train", config.train_size)
     heldout = task.examples("heldout", config.eval_size)
-    optimizer, schedule = adamw_with_warmup(model, config.lr, config.warmup_steps)
+    optimizer = Optimizer(model, config.lr, config.warmup_steps)
     generator = torch.Generator().manual_seed(config.seed)
     start = time.time()
     accuracy = start_accuracy = greedy_accuracy(model, tokenizer, task, heldout, config.max_new_tokens)
     step = 0
-    progress = tqdm(total=config.max_steps, desc=f"sft {config.task}", unit="step")
+    bar = progress(config.max_steps, f"sft {config.task}")
     while step < config.max_steps and accuracy < config.target_accuracy:
         rows = torch.randint(len(train), (config.batch_size,), generator=generator).tolist()
-        loss = sft_step(model, tokenizer, [train[i] for i in rows], optimizer, schedule)
+        loss = sft_step(model, tokenizer, [train[i] for i in rows], optimizer)
         step += 1
-        progress.update(1)
+        bar.update(1)
         if step % config.eval_every == 0:
             accuracy = greedy_accuracy(model, tokenizer, task, heldout, config.max_new_tokens)
-            progress.set_postfix(loss=f"{loss.item():.3f}", heldout_acc=f"{accuracy:.3f}")
-    progress.close()
+            bar.set_postfix(loss=f"{loss.item():.3f}", heldout_acc=f"{accuracy:.3f}")
+    bar.close()
     if not math.isfinite(accuracy) or accuracy < config.target_accuracy:
         print(f"warning: SFT stopped at max_steps={config.max_steps} with held-out accuracy {accuracy:.3f} "
               f"< target {config.target_accuracy}")
@@ -166,21 +148,9 @@ Config = SFTConfig
 
 def train(config: SFTConfig) -> dict:
     """Entry point of `rlcore train` / `rlcore sft`: train, report before/after accuracy."""
-    from rlcore.tracking import new_run_dir
-
+    if config.model.startswith(TINY_PREFIX):  # the tiny start model is built first (cached)
+        build_tiny_model(TinyModelSpec(task=config.model[len(TINY_PREFIX) :]))
     result = train_sft(config, config.output_dir or new_run_dir("runs", "", "sft"))
     print(f"SFT on {config.task}: held-out greedy accuracy {result.start_accuracy:.1%} -> {result.accuracy:.1%} "
           f"in {result.steps} steps, {result.seconds:.0f} s; saved to {result.path}")
     return asdict(result)
-
-
-def sft_checkpoint(config: SFTConfig) -> str:
-    """The cached checkpoint for `config` (what `sft:<task>` names), trained on first use (safe across processes)."""
-    from filelock import FileLock
-
-    path = default_output_dir(config)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(path) + ".lock"):
-        if not (path / "config.json").exists():
-            train_sft(config, path)
-    return str(path)

@@ -1,6 +1,6 @@
 """The process inside the sandbox: runs candidate code against its asserts.
 
-Started by `rlcore.tools.sandbox.run_tests` as
+Started by `rlcore.rewards.tools.sandbox.run_tests` as
 
     python -I -S -B sandbox_child.py RESULT_FD
 

@@ -22,7 +22,7 @@ import random
 import re
 from datetime import date, timedelta
 
-from rlcore.tasks import Task, near_miss
+from rlcore.data.tasks import Task, near_miss
 
 WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
 _DATE = r"([0-9]{4}-[0-9]{2}-[0-9]{2})"

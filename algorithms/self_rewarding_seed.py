@@ -9,7 +9,7 @@ example teaches the prompt-writing format, which a 1M-parameter model cannot
 pick up from a few-shot prompt alone.
 
 Each example is a task-style prompt and the completion the model learns to write
-(`rlcore.tasks.Example`, so `rlcore.sft.answer_batch` batches it):
+(`rlcore.data.tasks.Example`, so `rlcore.models.sft.answer_batch` batches it):
 
     IFT             "12+7="                              -> "19"
     EFT, compact    "12+7=19 score:"                     -> " 5"    COMPACT_JUDGE_TEMPLATE, tiny models
@@ -17,29 +17,44 @@ Each example is a task-style prompt and the completion the model learns to write
     self-instruct   "12+7=\\n3-45=\\n61+22=\\n"          -> "47-18="   seed prompts one a line, then a new one
 
 `seed_checkpoint` trains M0 on the mix (single process, plain torch, like
-rlcore/sft.py), stopping once held-out greedy task accuracy reaches a moderate
-target, and caches it on disk keyed by its settings.
+rlcore/models/sft.py), stopping once held-out greedy task accuracy reaches a moderate
+target, and caches it on disk keyed by its settings and the code that builds it.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
+import os
 import random
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
+from filelock import FileLock
 
-from rlcore.batch import Batch
-from rlcore.judge import (COMPACT_JUDGE_TEMPLATE, JUDGE_RUBRIC, compact_judge_completion, exact_match, judge_prompt,
-                          kendall_tau, pairwise_accuracy, parse_score, reference_score, spearman)
-from rlcore.models import load_model, load_tokenizer, resolve_model
-from rlcore.sft import adamw_with_warmup, greedy_accuracy, greedy_responses, sft_step
-from rlcore.tasks import Example, Task, get_task
+from rlcore.core.batch import Batch
+from rlcore.core.config import check_choice, check_range
+from rlcore.core.training import Optimizer, progress
+from rlcore.data.tasks import Example, Task, get_task
+from rlcore.models.build import build_model
+from rlcore.models.cache import SFT_BUILD_CODE, build_key, cache_dir, is_built
+from rlcore.models.loading import load_model, load_tokenizer
+from rlcore.models.sft import greedy_accuracy, greedy_responses, sft_step
+from rlcore.rewards.judge import (
+    COMPACT_JUDGE_TEMPLATE,
+    JUDGE_RUBRIC,
+    compact_judge_completion,
+    exact_match,
+    judge_prompt,
+    kendall_tau,
+    pairwise_accuracy,
+    parse_score,
+    reference_score,
+    spearman,
+)
 
 JUDGE_TEMPLATES = {"compact": COMPACT_JUDGE_TEMPLATE, "reference": COMPACT_JUDGE_TEMPLATE, "rubric": JUDGE_RUBRIC}
 """Judge prompt of each judge format: compact and reference (tiny models) share the compact template; rubric is
@@ -142,8 +157,6 @@ class SeedConfig:
     """Seed of data, order and initialisation."""
 
     def __post_init__(self) -> None:
-        from rlcore.config import check_choice, check_range
-
         check_choice("template", self.template, sorted(JUDGE_TEMPLATES))
         check_range("target_accuracy", self.target_accuracy, 0, 1)
         check_range("max_steps", self.max_steps, 1)
@@ -167,11 +180,13 @@ def judge_accuracy(model, tokenizer, task: Task, rows: list[dict], template: str
                for v, r, t in zip(verdicts, rows, truth)) / len(rows)
 
 
-def seed_dir(model: str, task_name: str, config: SeedConfig) -> Path:
-    from rlcore.models import cache_dir
+SEED_BUILD_CODE = (*SFT_BUILD_CODE, Path(__file__), "rewards/judge.py")
+"""Source that builds M0: the SFT step and its base model's build, this file and the judge templates."""
 
-    settings = {"model": model, "task": task_name, **asdict(config)}
-    key = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
+
+def seed_dir(model: str, task_name: str, config: SeedConfig) -> Path:
+    """The cache folder of M0 for these settings, keyed by them and by the code that builds it."""
+    key = build_key({"model": model, "task": task_name, **asdict(config)}, SEED_BUILD_CODE)
     return cache_dir() / "self_reward_seed" / f"{model.replace(':', '-').replace('/', '_')}-{task_name}-{key}"
 
 
@@ -190,20 +205,20 @@ def train_seed(model_name: str, task_name: str, config: SeedConfig, path: Path, 
     heldout = task.examples("heldout", config.eval_size)
     judge_rows = task.judge_examples("heldout", config.eval_size, config.seed + 3)
     judge_tokens = {"compact": 2, "reference": 8}.get(config.template, 256)
-    optimizer, schedule = adamw_with_warmup(model, config.lr, config.warmup_steps)
+    optimizer = Optimizer(model, config.lr, config.warmup_steps)
     generator = torch.Generator().manual_seed(config.seed)
     start, step, accuracy = time.time(), 0, 0.0
-    progress = tqdm(total=config.max_steps, desc=f"seed {task_name}", unit="step")
+    bar = progress(config.max_steps, f"seed {task_name}")
     while step < config.max_steps and (accuracy < config.target_accuracy or step < config.min_steps):
         kind = kinds[int(torch.multinomial(shares, 1, generator=generator))]
         rows = torch.randint(len(kind), (config.batch_size,), generator=generator).tolist()
-        loss = sft_step(model, tokenizer, [kind[i] for i in rows], optimizer, schedule)
+        loss = sft_step(model, tokenizer, [kind[i] for i in rows], optimizer)
         step += 1
-        progress.update(1)
+        bar.update(1)
         if step % config.eval_every == 0:
             accuracy = greedy_accuracy(model, tokenizer, task, heldout, max_new_tokens)
-            progress.set_postfix(loss=f"{loss.item():.3f}", heldout_acc=f"{accuracy:.3f}")
-    progress.close()
+            bar.set_postfix(loss=f"{loss.item():.3f}", heldout_acc=f"{accuracy:.3f}")
+    bar.close()
     result = {
         "path": str(path), "steps": step, "heldout_accuracy": accuracy,
         "judge_accuracy": judge_accuracy(model, tokenizer, task, judge_rows, config.template, judge_tokens),
@@ -217,14 +232,21 @@ def train_seed(model_name: str, task_name: str, config: SeedConfig, path: Path, 
 
 
 def seed_checkpoint(model: str, task_name: str, config: SeedConfig) -> tuple[str, dict]:
-    """The cached seed model M0 for these settings (trained on first use, safe across processes) and its stats."""
-    from filelock import FileLock
-
+    """The cached seed model M0 for these settings and its stats: built (explicitly, logged) on first use, safe
+    across processes; a build that dies leaves no half folder behind."""
     path = seed_dir(model, task_name, config)
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(path) + ".lock"):
-        if not (path / "seed.json").exists():
-            train_seed(resolve_model(model), task_name, config, path)
+        if not is_built(path):
+            base = build_model(model)
+            print(f"building the self-rewarding seed M0 on {model} ({base}) -> {path}", flush=True)
+            partial = path.with_name(path.name + f".partial-{os.getpid()}")
+            result = train_seed(base, task_name, config, partial)
+            shutil.rmtree(path, ignore_errors=True)
+            partial.rename(path)
+            (path / "seed.json").write_text(json.dumps({**result, "path": str(path)}, indent=2))
+            print(f"built M0: held-out accuracy {result['heldout_accuracy']:.1%}, judge accuracy "
+                  f"{result['judge_accuracy']:.1%} after {result['steps']} steps in {result['seconds']:.0f} s", flush=True)
     return str(path), json.loads((path / "seed.json").read_text())
 
 

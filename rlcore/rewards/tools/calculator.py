@@ -35,7 +35,7 @@ import math
 import operator
 import re
 
-from rlcore.tools.base import NO_CONTEXT, ToolContext, ToolError
+from rlcore.rewards.tools.base import NO_CONTEXT, ToolContext, ToolError
 
 MAX_EXPRESSION_CHARS = 2_000
 MAX_INT_BITS = 4_096

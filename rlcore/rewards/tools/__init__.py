@@ -15,7 +15,7 @@ reads like any other.
 `TOOLS` holds the tools that run here: calculator, the three Calendar tools
 and code_run (sandboxed). Tools that need the internet exist only as
 `ReplayTool`s built from recorded TARA observations
-(`rlcore.tara.replay_tools`); pass `tools={**TOOLS, **replays}` to use them.
+(`rlcore.rewards.tara.replay_tools`); pass `tools={**TOOLS, **replays}` to use them.
 """
 
 from __future__ import annotations
@@ -24,12 +24,12 @@ import re
 from collections.abc import Mapping
 from typing import NamedTuple
 
-from rlcore.tools.base import NO_CONTEXT, Tool, ToolContext, ToolError
-from rlcore.tools.calculator import Calculator
-from rlcore.tools.code_run import CodeRun
-from rlcore.tools.dates import DayDifference, TargetDay, WeekDay
-from rlcore.tools.replay import ReplayTool
-from rlcore.tools.sandbox import SandboxLimits, SandboxResult, TestOutcome, run_tests
+from rlcore.rewards.tools.base import NO_CONTEXT, Tool, ToolContext, ToolError
+from rlcore.rewards.tools.calculator import Calculator
+from rlcore.rewards.tools.code_run import CodeRun
+from rlcore.rewards.tools.dates import DayDifference, TargetDay, WeekDay
+from rlcore.rewards.tools.replay import ReplayTool
+from rlcore.rewards.tools.sandbox import SandboxLimits, SandboxResult, TestOutcome, run_tests
 
 __all__ = [
     "NO_CONTEXT", "TOOLS", "ParsedAction", "ReplayTool", "SandboxLimits", "SandboxResult", "TestOutcome",

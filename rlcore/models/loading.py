@@ -1,0 +1,131 @@
+"""Loading models and tokenizers by name, and the token-level functions every role shares.
+
+A model is named by a string. `tiny:<task>` and `sft:<task>` name models that
+rlcore builds itself (`rlcore.models.build`, an explicit step run by the
+driver or `rlcore build`); loading one that is not built yet is a clear
+error, never a hidden build. Anything else is passed through unchanged: a
+local folder or a Hugging Face name.
+
+Three heads on one backbone, all standard transformers classes:
+    policy / reference   AutoModelForCausalLM
+    reward model         AutoModelForSequenceClassification, num_labels=1 (last token)
+    critic (values)      AutoModelForTokenClassification, num_labels=1 (every token)
+"""
+
+from __future__ import annotations
+
+import torch
+
+from rlcore.models.cache import SFT_PREFIX, TINY_PREFIX, is_built, sft_folder
+from rlcore.models.tiny import TinyModelSpec, tiny_folder
+
+
+class ModelNotBuilt(FileNotFoundError):
+    """A `tiny:` or `sft:` model was asked for before it was built."""
+
+
+def built_folder(name: str):
+    """The cache folder that a `tiny:` / `sft:` name stands for (built or not); None for any other name."""
+    if name.startswith(SFT_PREFIX):
+        return sft_folder(name[len(SFT_PREFIX) :])
+    if name.startswith(TINY_PREFIX):
+        return tiny_folder(TinyModelSpec(task=name[len(TINY_PREFIX) :]))
+    return None
+
+
+def resolve_model(name_or_path: str) -> str:
+    """A loadable path or Hub name. A `tiny:` / `sft:` name must have been built (`rlcore build NAME`)."""
+    folder = built_folder(name_or_path)
+    if folder is None:
+        return name_or_path
+    if not is_built(folder):
+        raise ModelNotBuilt(f"model {name_or_path!r} is not built yet (expected in {folder}); build it with "
+                            f"`rlcore build {name_or_path}` (algorithms build their models before they start)")
+    return str(folder)
+
+
+def load_tokenizer(name_or_path: str):
+    """The model's tokenizer, left-padding, with a pad token (eos if the model has none)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model(name_or_path))
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(name_or_path: str, head: str = "causal_lm", dtype: str = "float32"):
+    """Load a model with one of three heads: "causal_lm", "reward" (sequence scalar) or "value" (token scalar)."""
+    from transformers import (
+        AutoConfig,
+        AutoModelForCausalLM,
+        AutoModelForSequenceClassification,
+        AutoModelForTokenClassification,
+    )
+
+    classes = {
+        "causal_lm": AutoModelForCausalLM,
+        "reward": AutoModelForSequenceClassification,
+        "value": AutoModelForTokenClassification,
+    }
+    if head not in classes:
+        raise ValueError(f"unknown model head {head!r}; allowed: {sorted(classes)}")
+    path = resolve_model(name_or_path)
+    kwargs = {"dtype": getattr(torch, dtype)}
+    if head != "causal_lm":
+        # no dropout in the scalar heads (transformers' token head defaults to 0.1): values and rewards
+        # must not depend on a random stream, or training and resumed runs differ
+        config = AutoConfig.from_pretrained(path, num_labels=1)
+        config.classifier_dropout = 0.0  # (passed to from_pretrained, transformers 5 drops this key)
+        kwargs["config"] = config
+    model = classes[head].from_pretrained(path, **kwargs)
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = model.config.eos_token_id
+    return model
+
+
+def format_prompt(tokenizer, question: str) -> str:
+    """The question as a user turn of the model's chat template, ready for the answer."""
+    return tokenizer.apply_chat_template(
+        [{"role": "user", "content": question}], tokenize=False, add_generation_prompt=True
+    )
+
+
+def encode_prompts(tokenizer, questions: list[str]) -> list[list[int]]:
+    """Token ids of each question formatted with the chat template (special tokens come from the template)."""
+    texts = [format_prompt(tokenizer, q) for q in questions]
+    return [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+
+
+def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions that follow the attention mask, as generation assigns them to left-padded prompts."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def response_logits(model, batch) -> torch.Tensor:
+    """Logits predicting each response token: [B, R, V]."""
+    out = model(
+        input_ids=batch.input_ids,
+        attention_mask=batch.attention_mask,
+        position_ids=position_ids(batch.attention_mask),
+    )
+    return out.logits[:, batch.prompt_length - 1 : -1]
+
+
+def token_logprobs(logits: torch.Tensor, batch) -> torch.Tensor:
+    """log π(response token) at each response position, fp32, zero on padding: [B, R]."""
+    targets = batch.input_ids[:, batch.prompt_length :]
+    logps = torch.log_softmax(logits.float(), dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    return logps * batch.response_mask
+
+
+def response_values(value_model, batch) -> torch.Tensor:
+    """Critic values V(s_t) for the state before each response token: [B, R], zero on padding."""
+    out = value_model(
+        input_ids=batch.input_ids,
+        attention_mask=batch.attention_mask,
+        position_ids=position_ids(batch.attention_mask),
+    )
+    values = out.logits.squeeze(-1)[:, batch.prompt_length - 1 : -1]
+    return values.float() * batch.response_mask
