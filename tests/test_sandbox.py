@@ -106,13 +106,14 @@ def test_write_outside_the_sandbox_is_refused(tmp_path):
                                        "Failed reason: blocked: write outside the sandbox directory (open ")
 
 
-def test_writes_inside_the_private_directory_work_and_it_is_deleted_afterwards():
-    result = run("import os, tempfile\nopen('scratch.txt', 'w').write('ok')\ntempfile.mkstemp()\n"
-                 "print(os.getcwd())\n")
+def test_writes_inside_the_private_directory_work_and_it_is_gone_afterwards():
+    """The private directory is a tmpfs of the child's own: empty at the start of every run, never on the host."""
+    write = "import os, tempfile\nopen('scratch.txt', 'w').write('ok')\ntempfile.mkstemp()\nprint(os.getcwd())\n"
+    result = run(write, ["assert sorted(os.listdir('.'))[0] == 'scratch.txt', os.listdir('.')"])
     assert result.outcomes[0].passed
     sandbox_dir = result.stdout.strip()
-    assert "rlcore-sandbox-" in sandbox_dir
-    assert not os.path.exists(sandbox_dir)
+    assert sandbox_dir == "/sandbox" and not os.path.exists(sandbox_dir)
+    assert run("import os\n", ["assert os.listdir('.') == [], os.listdir('.')"]).outcomes[0].passed
 
 
 def test_symlink_escape_is_refused(tmp_path):
