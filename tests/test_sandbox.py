@@ -5,14 +5,17 @@ clock, the run 2 CPU seconds and 8 s of wall clock. Timings are checked
 loosely because the machine may be busy.
 """
 
+import logging
 import os
 import socket
 import time
 
 import pytest
 
-from rlcore.tools.sandbox import SandboxLimits, run_tests
-from rlcore.tools.code_run import describe
+from rlcore.tools import run_tool
+from rlcore.tools.base import ToolContext
+from rlcore.tools.code_run import CodeRun, describe
+from rlcore.tools.sandbox import INSTALL_BUBBLEWRAP, SandboxLimits, SandboxUnavailable, run_tests
 
 LIMITS = SandboxLimits(test_cpu_s=0.3, test_wall_s=1.0, cpu_s=2, wall_s=8.0, memory_mib=128, output_bytes=1000)
 BOUND_S = 15.0  # no run may take longer than this, whatever it does
@@ -192,6 +195,35 @@ def test_the_expected_values_are_out_of_reach(tmp_path):
         f"blocked: read outside the sandbox directory (os.listdir {str(tmp_path)!r})",
         "",  # the standard library stays importable
     ]
+
+
+def test_without_bubblewrap_the_sandbox_refuses_to_run(tmp_path):
+    """Fail closed: no bwrap means no run at all (the code would have left a marker), and code_run's
+    observation says what to install."""
+    marker = tmp_path / "ran"
+    code = f"open({str(marker)!r}, 'w').write('ran')\n"
+    missing = SandboxLimits(bwrap=str(tmp_path / "no-such-bwrap"))
+    with pytest.raises(SandboxUnavailable, match="needs bubblewrap") as refusal:
+        run_tests(code, ["assert True"], missing)
+    assert INSTALL_BUBBLEWRAP in str(refusal.value)
+    observation = run_tool("code_run", code, ToolContext(test_list=("assert True",)), {"code_run": CodeRun(missing)})
+    assert observation.startswith("Error: code_run: the code sandbox needs bubblewrap")
+    assert INSTALL_BUBBLEWRAP in observation
+    assert not marker.exists()
+
+
+def test_a_bubblewrap_that_cannot_start_is_refused_too():
+    with pytest.raises(SandboxUnavailable, match="could not start the code sandbox"):
+        run_tests("x = 1", ["assert x == 1"], SandboxLimits(bwrap="false"))
+
+
+def test_the_weaker_mode_runs_only_when_asked_and_warns(tmp_path, caplog):
+    limits = SandboxLimits(bwrap=str(tmp_path / "no-such-bwrap"), allow_unconfined=True)
+    with caplog.at_level(logging.WARNING, logger="rlcore.tools.sandbox"):
+        result = run_tests("import os\n", ["assert os.getcwd() != '/sandbox'", "os.fork()"], limits)
+    assert "WITHOUT OS isolation" in caplog.text
+    assert result.outcomes[0].passed  # it ran on the host, in a private directory of the host's
+    assert result.outcomes[1].reason == "blocked: process creation (os.fork)"  # the Python guards still hold
 
 
 def test_limits_are_validated():
