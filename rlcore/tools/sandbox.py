@@ -246,9 +246,6 @@ def _probe_bubblewrap(bwrap: str) -> _Bubblewrap | str:
     ]
     interpreter = os.path.realpath(getattr(sys, "_base_executable", None) or sys.executable)
     setup = _Bubblewrap(executable, tuple(options), "--size" in usage, interpreter, seccomp_program, exec_program)
-    if not setup.sizes_tmpfs:
-        _log.warning("bubblewrap at %s has no --size (0.7+): the sandbox's private directory is bounded by the per-file "
-                     "limit and the wall clock only", executable)
     probe = _run("x = 1", ["assert x == 1"], SandboxLimits(wall_s=30.0), True, setup)
     if probe.passed != 1:
         reason = (probe.stderr.strip().splitlines() or [probe.outcomes[0].reason])[-1]
@@ -256,6 +253,9 @@ def _probe_bubblewrap(bwrap: str) -> _Bubblewrap | str:
                 "namespaces (as root, or with unprivileged user namespaces enabled: sysctl "
                 "kernel.unprivileged_userns_clone=1, and on Ubuntu 24.04+ an AppArmor profile allowing bwrap) "
                 "and seccomp")
+    if not setup.sizes_tmpfs:
+        _log.warning("bubblewrap at %s has no --size (0.7+): the sandbox's private directory is bounded by the per-file "
+                     "limit and the wall clock only", executable)
     return setup
 
 
@@ -574,4 +574,4 @@ def _exit_reason(returncode: int, limits: SandboxLimits, stderr: bytes) -> str:
         memory_hint = f" (memory limit {limits.memory_mib} MiB?)" if name in ("SIGABRT", "SIGSEGV", "SIGBUS") else ""
         return f"killed by {name}{memory_hint}"
     last_line = stderr.decode("utf-8", "replace").strip().splitlines()[-1:] or [""]
-    return f"the sandbox process exited with status {returncode}: {last_line[0][:200]}"
+    return f"the sandbox process exited with status {returncode}" + (f": {last_line[0][:200]}" if last_line[0] else "")
