@@ -10,9 +10,10 @@ The boundary is the kernel's, set up by bubblewrap:
 
 * files: a mount namespace that holds only the interpreter, its standard
   library and the system's shared libraries (`/usr/lib` and the like), all
-  read-only and with site-packages hidden, a minimal `/dev`, and a private
-  writable tmpfs at `/sandbox` (cwd, TMPDIR and HOME; `tmp_bytes` in all)
-  that vanishes with the child. No repository, home, data files or `/proc`;
+  read-only and with site-packages hidden; /dev/null, zero, random and
+  urandom; and a private writable tmpfs at `/sandbox` (cwd, TMPDIR and HOME;
+  `tmp_bytes` in all) that vanishes with the child. No repository, home,
+  data files, ptys or `/proc`;
 * identity: its own user namespace, uid 65534, no capabilities, no new
   privileges, no further user namespaces;
 * processes: its own PID namespace (it sees no other process, so it can
@@ -259,13 +260,14 @@ def _probe_bubblewrap(bwrap: str) -> _Bubblewrap | str:
     return setup
 
 
+_DEVICES = ("/dev/null", "/dev/zero", "/dev/random", "/dev/urandom")  # no ptys, no /dev/shm
 _SYSTEM_LIBRARY_DIRS = ("/lib", "/lib64", "/lib32", "/libx32", "/usr/lib", "/usr/lib64", "/usr/lib32", "/usr/libx32")
 
 
 def _mount_options() -> list[str]:
     """bwrap options for the child's file system: the shared libraries, the interpreter and its standard
-    library, read-only and at their own paths; site-packages hidden under empty read-only tmpfs; a minimal
-    /dev; the child script."""
+    library, read-only and at their own paths; site-packages hidden under empty read-only tmpfs; four
+    devices; the child script."""
     options: list[str] = []
     bound: list[str] = []
     for path in _SYSTEM_LIBRARY_DIRS:
@@ -282,7 +284,9 @@ def _mount_options() -> list[str]:
     for path in _site_packages():
         if os.path.isdir(path) and any(_is_under(path, root) for root in bound):
             options += ["--tmpfs", path, "--remount-ro", path]
-    return options + ["--dev", "/dev", "--ro-bind", str(CHILD_SCRIPT.resolve()), _CHILD_IN_SANDBOX]
+    for device in _DEVICES:
+        options += ["--dev-bind", device, device]
+    return options + ["--ro-bind", str(CHILD_SCRIPT.resolve()), _CHILD_IN_SANDBOX]
 
 
 def _python_paths() -> list[str]:
