@@ -54,8 +54,8 @@ import sys
 _compile, _exec, _write, _realpath = compile, exec, os.write, os.path.realpath
 _setitimer = signal.setitimer
 _MAX_REPORTED_BLOCKS = 20
-_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER = 22, 2
 _MAX_REASON_CHARS = 1_000
+_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER = 22, 2
 
 _PROCESS_EVENTS = frozenset(
     {"os.fork", "os.forkpty", "os.system", "os.exec", "os.posix_spawn", "os.spawn", "subprocess.Popen"}
