@@ -27,7 +27,6 @@ from rlcore.tools.sandbox import SandboxLimits, run_tests
 LIMITS = SandboxLimits(test_cpu_s=0.5, test_wall_s=1.5, cpu_s=3, wall_s=8.0, memory_mib=128, output_bytes=20_000,
                        file_bytes=1 << 20, tmp_bytes=4 << 20)
 REPO = Path(__file__).resolve().parents[1]
-TARA_DIRS = (REPO / "data" / "tara", REPO.parent / "shared" / "data" / "tara")
 EPERM = "[Errno 1] Operation not permitted"
 both_layers = pytest.mark.parametrize("python_guards", [True, False], ids=["guarded", "kernel-only"])
 
@@ -205,6 +204,14 @@ def test_signals_reach_no_process_outside(victim, python_guards):
         assert "signals to other processes (os.kill)" in result.blocked
 
 
+def _tara_code_file() -> Path | None:
+    """TARA's code rows (the expected answers), vendored in the repository or in ../shared/data/tara."""
+    tops = [top for top in REPO.iterdir() if top.is_dir() and top.name not in (".git", ".venv")]
+    found = [path for top in tops for path in top.rglob("code_train.jsonl")]
+    shared = REPO.parent / "shared" / "data" / "tara" / "code_train.jsonl"
+    return found[0] if found else shared if shared.exists() else None
+
+
 @pytest.fixture
 def secret_files(tmp_path, victim):
     """Secrets outside the private directory: a file in the host's temp dir, one inside the repository,
@@ -218,8 +225,7 @@ def secret_files(tmp_path, victim):
     readable = {str(host_file): secret, str(repo_file): secret,
                 f"/proc/{process.pid}/environ": environment_secret, "/proc/1/environ": environment_secret,
                 "/proc/self/environ": environment_secret}
-    tara = next((directory / "code_train.jsonl" for directory in TARA_DIRS
-                 if (directory / "code_train.jsonl").exists()), None)
+    tara = _tara_code_file()
     if tara is not None:
         with tara.open() as rows:
             readable[str(tara)] = rows.readline()[:80]
