@@ -407,7 +407,8 @@ def test_huge_files_stop_at_the_file_and_directory_limits(python_guards):
 
 
 def test_the_child_is_unprivileged_and_alone():
-    """uid 65534 that cannot become root, no chroot, its own hostname, and nothing of the host's file system
+    """uid 65534 that cannot become root, no capabilities (effective, permitted, inheritable or bounding), no new
+    privileges, no chroot, its own hostname, and nothing of the host's file system
     but the interpreter's tree: not /proc, /sys, /run, /var, /home, the repository, the venv, or anything
     in the home directory (where pyenv may keep the interpreter itself)."""
     interpreter = os.path.realpath(sys._base_executable)
@@ -417,9 +418,13 @@ def test_the_child_is_unprivileged_and_alone():
         "assert (os.getuid(), os.getgid()) == (65534, 65534)",
         "try:\n    os.setuid(0)\nexcept OSError:\n    pass\nassert os.getuid() == 65534",  # 0 is not mapped
         "os.chroot('.')",
+        "import ctypes, struct\nlibc = ctypes.CDLL(None)\nsets = ctypes.create_string_buffer(24)\n"
+        "assert libc.capget(struct.pack('Ii', 0x20080522, 0), sets) == 0 and sets.raw == bytes(24)\n"
+        "assert [cap for cap in range(64) if libc.prctl(23, cap, 0, 0, 0) == 1] == []  # PR_CAPBSET_READ\n"
+        "assert libc.prctl(39, 0, 0, 0, 0) == 1  # PR_GET_NO_NEW_PRIVS",
         f"present = [path for path in {absent!r} if os.path.lexists(path)]\nassert present == [], present",
         "import socket\nassert socket.gethostname() == 'sandbox'",
     ]
     result = attack("import os\n", tests, python_guards=False)
     assert [(outcome.passed, outcome.reason) for outcome in result.outcomes] == [
-        (True, ""), (True, ""), (False, EPERM + ": '.'"), (True, ""), (True, "")]
+        (True, ""), (True, ""), (False, EPERM + ": '.'"), (True, ""), (True, ""), (True, "")]
