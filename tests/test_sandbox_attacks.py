@@ -390,6 +390,19 @@ def test_memory_bombs_hit_the_address_space_limit(python_guards, bomb):
 
 
 @both_layers
+def test_the_limits_cannot_be_raised(python_guards):
+    """The child set its own rlimits, hard ones included; raising them needs CAP_SYS_RESOURCE, which it lacks."""
+    tests = [f"import resource\nresource.setrlimit(resource.{name}, (resource.RLIM_INFINITY,) * 2)"
+             for name in ("RLIMIT_AS", "RLIMIT_CPU", "RLIMIT_FSIZE")]
+    tests.append("import resource\nassert resource.getrlimit(resource.RLIMIT_AS) == (128 << 20, 128 << 20)")
+    result = attack("", tests, python_guards)
+    reasons = [outcome.reason for outcome in result.outcomes]
+    refused = "blocked: changing resource limits (resource.setrlimit)" if python_guards else \
+        "not allowed to raise maximum limit"
+    assert reasons == [refused] * 3 + [""] and result.outcomes[3].passed
+
+
+@both_layers
 def test_huge_files_stop_at_the_file_and_directory_limits(python_guards):
     """One file past file_bytes (1 MiB) fails with EFBIG; many files stop at tmp_bytes (4 MiB), in memory
     of the child's own tmpfs, never on the host's disk."""

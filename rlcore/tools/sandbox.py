@@ -32,9 +32,12 @@ Inside that, as before:
 
 * wall clock: after `wall_s` the whole process group is killed with SIGKILL
   (bwrap's, and with bwrap the whole PID namespace);
-* CPU: RLIMIT_CPU (whole seconds) ends the child with SIGXCPU;
-* memory: RLIMIT_AS, so allocations past `memory_mib` raise MemoryError;
-* files: RLIMIT_FSIZE caps any one file the child writes; no core dumps;
+* rlimits, which the child sets on itself before it reads any candidate code
+  (so no Python runs between fork and exec in the parent, whose fork would
+  copy the page tables of a reward worker holding a model), and which it
+  cannot raise again (no CAP_SYS_RESOURCE): CPU (whole seconds; SIGXCPU),
+  address space (allocations past `memory_mib` raise MemoryError), file size
+  (any one file), no core dumps;
 * Python guards (defence in depth, and the source of the readable "blocked:
   ..." reports): an audit hook and replaced functions in the child refuse
   sockets, process creation, signals, ctypes, rlimit changes, and file access
@@ -178,8 +181,8 @@ def run_tests(code: str, tests: list[str] | tuple[str, ...], limits: SandboxLimi
     Raises `SandboxUnavailable` where bubblewrap is missing or cannot start, unless
     `limits.allow_unconfined`. `python_guards=False` leaves out the child's audit hook and
     replaced functions, so that tests can show the kernel's walls hold on their own.
-    Safe to call from several threads at once (the TARA replay does): the code between
-    fork and exec only calls setrlimit."""
+    Safe to call from several threads at once (the TARA replay does): no Python code runs
+    between fork and exec."""
     return _run(code, tests, limits, python_guards, _bubblewrap(limits))
 
 
@@ -391,6 +394,7 @@ def _run(code: str, tests, limits: SandboxLimits, python_guards: bool, bubblewra
     token = secrets.token_hex(16)
     job = {"code": code, "tests": list(tests), "test_cpu_s": limits.test_cpu_s, "test_wall_s": limits.test_wall_s,
            "memory_mib": limits.memory_mib, "token": token, "python_guards": python_guards,
+           "rlimits": _rlimits(limits),
            "exec_filter": bubblewrap.exec_program if bubblewrap else b""}
     result_read, result_write = os.pipe()
     job_fd = _memory_file("rlcore-sandbox-job", marshal.dumps(job))
@@ -413,7 +417,6 @@ def _run(code: str, tests, limits: SandboxLimits, python_guards: bool, bubblewra
             stderr=subprocess.PIPE,
             pass_fds=passed_fds,
             start_new_session=True,
-            preexec_fn=lambda: _apply_rlimits(limits),
         )
         for fd in passed_fds:
             os.close(fd)
@@ -431,6 +434,13 @@ def _run(code: str, tests, limits: SandboxLimits, python_guards: bool, bubblewra
             shutil.rmtree(sandbox_dir, ignore_errors=True)
 
 
+def _rlimits(limits: SandboxLimits) -> dict[int, tuple[int, int]]:
+    """(soft, hard) by resource, for the child to set on itself."""
+    memory = limits.memory_mib * 1024 * 1024
+    return {resource.RLIMIT_CPU: (limits.cpu_s, limits.cpu_s + 1), resource.RLIMIT_AS: (memory, memory),
+            resource.RLIMIT_FSIZE: (limits.file_bytes, limits.file_bytes), resource.RLIMIT_CORE: (0, 0)}
+
+
 def _memory_file(name: str, data: bytes) -> int:
     """A descriptor of an anonymous file holding `data`, positioned at its start."""
     fd = os.memfd_create(name)
@@ -439,15 +449,6 @@ def _memory_file(name: str, data: bytes) -> int:
         view = view[os.write(fd, view):]
     os.lseek(fd, 0, os.SEEK_SET)
     return fd
-
-
-def _apply_rlimits(limits: SandboxLimits) -> None:
-    """Runs in the child between fork and exec."""
-    memory = limits.memory_mib * 1024 * 1024
-    resource.setrlimit(resource.RLIMIT_CPU, (limits.cpu_s, limits.cpu_s + 1))
-    resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
-    resource.setrlimit(resource.RLIMIT_FSIZE, (limits.file_bytes, limits.file_bytes))
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 
 
 def _child_environment(sandbox_dir: str) -> dict[str, str]:

@@ -5,13 +5,15 @@ Started by `rlcore.tools.sandbox.run_tests` as
     python -I -S -B sandbox_child.py RESULT_FD JOB_FD
 
 under bubblewrap (its private /sandbox as the working directory) or, only where
-that is explicitly allowed, in a private directory of the host; resource
-limits are already set. Standard library only; it imports nothing from rlcore.
+that is explicitly allowed, in a private directory of the host. Standard
+library only; it imports nothing from rlcore.
 
 1. Reads the job from JOB_FD ({"code", "tests", "test_cpu_s", "test_wall_s",
-   "memory_mib", "token", "python_guards", "exec_filter"}, marshalled by the
-   parent into an anonymous file, so it never lies where candidate code could
-   read the expected values) and closes every descriptor but RESULT_FD.
+   "memory_mib", "token", "python_guards", "exec_filter", "rlimits"},
+   marshalled by the parent into an anonymous file, so it never lies where
+   candidate code could read the expected values), sets the rlimits on itself
+   (hard limits too, which it cannot raise again) and closes every descriptor
+   but RESULT_FD.
 2. Loads `exec_filter` (a seccomp BPF program; empty without bubblewrap), which
    refuses execve and execveat from then on: bubblewrap's own filter had to let
    the interpreter start. ctypes, needed for that, is dropped from sys.modules
@@ -47,6 +49,7 @@ rlimits and the wall clock with the whole process group killed.
 
 import marshal
 import os
+import resource
 import signal
 import sys
 
@@ -97,6 +100,8 @@ def main() -> None:
     result_fd, job_fd = int(sys.argv[1]), int(sys.argv[2])
     with open(job_fd, "rb") as job_file:
         job = marshal.load(job_file)
+    for limit, values in job["rlimits"].items():
+        resource.setrlimit(limit, values)
     os.closerange(3, result_fd)
     os.closerange(result_fd + 1, max(result_fd + 1, os.sysconf("SC_OPEN_MAX")))
     if job["exec_filter"]:
