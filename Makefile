@@ -8,7 +8,7 @@ export RAY_AUTH_MODE ?= disabled
 export WANDB_MODE ?= offline
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install run test clean
+.PHONY: install sandbox-deps run test clean
 
 $(VENV)/.installed: setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,7 +20,17 @@ $(VENV)/.installed: setup.py
 	$(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec || true
 	touch $@
 
-install: $(VENV)/.installed
+install: $(VENV)/.installed sandbox-deps
+
+# code_run's sandbox (rlcore/rewards/tools/sandbox.py) runs candidate code under bubblewrap with a libseccomp
+# filter and refuses to run without them: install both from Debian/Ubuntu packages where missing.
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+sandbox-deps:
+	@if command -v bwrap >/dev/null 2>&1 && $(PYTHON) -c "import ctypes; ctypes.CDLL('libseccomp.so.2')" 2>/dev/null; \
+	then :; \
+	elif command -v apt-get >/dev/null 2>&1; then \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq bubblewrap libseccomp2; \
+	else echo "install bubblewrap and libseccomp (the code sandbox needs them) with your package manager" >&2; exit 1; fi
 
 run: install
 	$(VENV)/bin/rlcore train launch/configs/ppo_tiny.yaml

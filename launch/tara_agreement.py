@@ -10,6 +10,10 @@ float formatting, code_run failure reasons as a set, Python-version wording of
 errors). Prints agreements / calls per tool, then which disagreements come
 from faults of the recording or differences of environment, how many recorded
 observations contradict each other, and the first unexplained ones.
+
+code_run runs each answer in the OS-isolated sandbox (`rlcore.rewards.tools.sandbox`), which
+needs bubblewrap: without it the replay stops at once with the sandbox's message
+rather than reporting every code_run call as a disagreement.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import time
 from pathlib import Path
 
 from rlcore.rewards.tara import agreement_report, measure_agreement, observations_agree, replay_recorded_calls
+from rlcore.rewards.tools.sandbox import SandboxUnavailable, run_tests
 
 __all__ = ["main", "measure_agreement"]
 
@@ -33,6 +38,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workers", type=int, default=None, help="threads replaying calls (default: CPU count)")
     parser.add_argument("--show", type=int, default=5, help="unexplained disagreements to print per tool")
     args = parser.parse_args(argv)
+    try:
+        run_tests("", ["assert True"])
+    except SandboxUnavailable as error:
+        parser.exit(1, f"code_run cannot be replayed here: {error}\n")
 
     started = time.monotonic()
     replayed = replay_recorded_calls(args.data_dir, args.limit, workers=args.workers)

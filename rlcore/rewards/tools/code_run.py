@@ -17,12 +17,17 @@ sandbox can report follows in one more sentence, so the containment is
 visible to the reward model:
 
     ... Sandbox: blocked network (socket.create_connection(('127.0.0.1', 9),)); stdout truncated to 65536 bytes (of 1000001).
+
+Where the sandbox cannot isolate the code (bubblewrap missing, say), the call
+fails with a `ToolError` that says what to install, so `run_tool` observes
+"Error: code_run: the code sandbox needs bubblewrap ..."; the code never runs
+unconfined unless `SandboxLimits.allow_unconfined` says so.
 """
 
 from __future__ import annotations
 
 from rlcore.rewards.tools.base import NO_CONTEXT, ToolContext, ToolError
-from rlcore.rewards.tools.sandbox import SandboxLimits, SandboxResult, run_tests
+from rlcore.rewards.tools.sandbox import SandboxLimits, SandboxResult, SandboxUnavailable, run_tests
 
 SAME_AS_ANSWER = "Same as the answer"
 _MAX_REASON_CHARS = 300
@@ -64,4 +69,7 @@ class CodeRun:
                             f"{SAME_AS_ANSWER!r} with no answer given")
         if not context.test_list:
             raise ToolError("code_run needs the question's test_list (assert statements)")
-        return describe(run_tests(code, context.test_list, self.limits))
+        try:
+            return describe(run_tests(code, context.test_list, self.limits))
+        except SandboxUnavailable as error:
+            raise ToolError(str(error)) from error

@@ -1,42 +1,72 @@
-"""Runs untrusted candidate code against assert tests in a contained subprocess.
+"""Runs untrusted candidate code against assert tests in an isolated child process.
 
-Each call gets a fresh private directory (the child's cwd, TMPDIR and HOME,
-deleted afterwards) and one child interpreter (`python -I -S -B`: no user
-site, no site-packages, no bytecode written, so only the standard library is
-importable). The child (`sandbox_child.py`) runs every test in a fresh
-namespace and reports each outcome on its own pipe, so the candidate's stdout
-and stderr are just captured output.
+Each call starts one child interpreter (`python -I -S -B sandbox_child.py`: no
+user site, no site-packages, no bytecode written) under bubblewrap (`bwrap`).
+The child (`sandbox_child.py`) runs every test in a fresh namespace and reports
+each outcome on its own pipe, so the candidate's stdout and stderr are just
+captured output.
 
-Containment, from the outside in:
+The boundary is the kernel's, set up by bubblewrap:
 
-* wall clock: after `wall_s` the whole process group (the child runs in a new
-  session) is killed with SIGKILL;
-* CPU: RLIMIT_CPU (whole seconds) ends the child with SIGXCPU;
-* memory: RLIMIT_AS, so allocations past `memory_mib` raise MemoryError;
-* files: RLIMIT_FSIZE caps any file the child writes; no core dumps;
-* network: the child replaces `socket.socket`, `socket.create_connection`
-  and the other constructors and resolvers, and its audit hook refuses every
-  socket event; where the machine allows it the child also runs under
-  `unshare --net` (a network namespace with no interfaces up);
-* processes: the audit hook refuses os.fork, os.system, os.exec*,
-  os.posix_spawn and subprocess.Popen (RLIMIT_NPROC is not used: it does not
-  bind root, who runs these jobs here);
-* files outside the private directory: the audit hook refuses opening them for
-  writing and removing, renaming, linking or changing them, and reading or
-  listing anything but the standard library (no peeking at data files that
-  hold the expected answers);
+* files: a mount namespace that holds only the interpreter, its standard
+  library and the system's shared libraries (`/usr/lib` and the like), all
+  read-only and with site-packages hidden; /dev/null, zero, random and
+  urandom; and a private writable tmpfs at `/sandbox` (cwd, TMPDIR and HOME;
+  `tmp_bytes` in all) that vanishes with the child. No repository, home,
+  data files, ptys or `/proc`;
+* identity: its own user namespace, uid 65534, no capabilities, no new
+  privileges, no further user namespaces;
+* processes: its own PID namespace (it sees no other process, so it can
+  signal none), a new session (no terminal injection), killed with its parent;
+* network: its own network namespace, where 127.0.0.1 is its own loopback, so
+  nothing listening on the host (Ray's dashboard and job server) is reachable;
+* system calls: a seccomp filter, compiled once per process by libseccomp,
+  refuses with EPERM fork, vfork, clone except for threads (clone3 answers
+  ENOSYS, so glibc falls back to clone), sockets other than AF_UNIX, ptrace and
+  other processes' memory, namespace and mount calls, and kernel facilities
+  (bpf, io_uring, keyrings, modules, ...). bwrap has to exec the interpreter,
+  so the child adds a second filter refusing execve and execveat before it
+  reads the candidate code.
+
+Inside that, as before:
+
+* wall clock: after `wall_s` the whole process group is killed with SIGKILL
+  (bwrap's, and with bwrap the whole PID namespace);
+* rlimits, which the child sets on itself before it reads any candidate code
+  (so no Python runs between fork and exec in the parent, whose fork would
+  copy the page tables of a reward worker holding a model), and which it
+  cannot raise again (no CAP_SYS_RESOURCE): CPU (whole seconds; SIGXCPU),
+  address space (allocations past `memory_mib` raise MemoryError), file size
+  (any one file), no core dumps;
+* Python guards (defence in depth, and the source of the readable "blocked:
+  ..." reports): an audit hook and replaced functions in the child refuse
+  sockets, process creation, signals, ctypes, rlimit changes, and file access
+  outside the private directory and the standard library. CPython's audit
+  hooks are not a security boundary (`_posixsubprocess.fork_exec` raises no
+  audit event, for one); the kernel layers above are;
 * per test: timers raise inside a test after `test_cpu_s` of CPU time
   (SIGPROF; machine load does not count) or `test_wall_s` (SIGALRM), and the
   next test still runs;
 * output: stdout and stderr are read continuously and kept up to
   `output_bytes` each; the rest is counted and dropped.
 
-Everything refused or cut is reported in `SandboxResult` (`blocked`,
-`limits_hit`, the per-test `reason`).
+Everything the Python guards refused or the limits cut is reported in
+`SandboxResult` (`blocked`, `limits_hit`, the per-test `reason`); a call the
+kernel refuses fails in the candidate code with "[Errno 1] Operation not
+permitted" (or the error of the missing file, the unreachable network).
+
+Fail closed: where bubblewrap or libseccomp is missing, or bubblewrap cannot
+start (no user namespaces, say), `run_tests` raises `SandboxUnavailable`, whose
+message names what is missing and how to install it; `code_run` turns it into
+an "Error: ..." observation. Only `SandboxLimits(allow_unconfined=True)` runs
+without it, with the Python guards and rlimits alone and a warning in the log.
 """
 
 from __future__ import annotations
 
+import ctypes
+import errno
+import logging
 import marshal
 import os
 import resource
@@ -44,8 +74,10 @@ import secrets
 import selectors
 import shutil
 import signal
+import socket
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import time
 from dataclasses import dataclass
@@ -53,12 +85,22 @@ from functools import cache
 from pathlib import Path
 
 CHILD_SCRIPT = Path(__file__).with_name("sandbox_child.py")
+INSTALL_BUBBLEWRAP = "apt-get install bubblewrap"
+_CHILD_IN_SANDBOX = "/rlcore/sandbox_child.py"
+_PRIVATE_DIR = "/sandbox"  # a path no host file is likely to have, so the guards' "inside" stays exact
+_SANDBOX_UID = 65534  # "nobody"
 _MAX_RESULT_BYTES = 1 << 20
+_log = logging.getLogger(__name__)
+
+
+class SandboxUnavailable(RuntimeError):
+    """The isolation the sandbox needs is missing here; the message says what and how to install it."""
 
 
 @dataclass(frozen=True)
 class SandboxLimits:
-    """Limits for one `run_tests` call: per test (test_*) and for the whole run (all tests of one candidate)."""
+    """Settings for one `run_tests` call: limits per test (test_*) and for the whole run (all tests of one
+    candidate), and how the child is isolated."""
 
     test_cpu_s: float = 3.0
     """CPU seconds one test may use before it fails with "timed out ..." (TARA's code_eval allowed 3 s)."""
@@ -81,13 +123,24 @@ class SandboxLimits:
     file_bytes: int = 16 * 1024 * 1024
     """Largest file the child may write (RLIMIT_FSIZE), inside its private directory."""
 
-    network_namespace: bool = True
-    """Also run the child under `unshare --net` when the machine permits it (the Python guards apply anyway)."""
+    tmp_bytes: int = 64 * 1024 * 1024
+    """Size of the private directory, all files together (a tmpfs, so memory; needs bubblewrap 0.7+)."""
+
+    bwrap: str = "bwrap"
+    """The bubblewrap executable: a name looked up on PATH, or a path."""
+
+    allow_unconfined: bool = False
+    """Where bubblewrap is missing or cannot start, run anyway with only the Python guards and rlimits,
+    logging a warning. Candidate code can then act as the user running rlcore: only for machines where
+    that is acceptable. False (the default) refuses instead (`SandboxUnavailable`)."""
 
     def __post_init__(self) -> None:
-        for field in ("test_cpu_s", "test_wall_s", "cpu_s", "wall_s", "memory_mib", "output_bytes", "file_bytes"):
+        for field in ("test_cpu_s", "test_wall_s", "cpu_s", "wall_s", "memory_mib", "output_bytes", "file_bytes",
+                      "tmp_bytes"):
             if getattr(self, field) <= 0:
                 raise ValueError(f"SandboxLimits.{field} must be positive, got {getattr(self, field)!r}")
+        if not self.bwrap:
+            raise ValueError("SandboxLimits.bwrap must name the bubblewrap executable, e.g. 'bwrap'")
 
 
 @dataclass(frozen=True)
@@ -121,70 +174,286 @@ class SandboxResult:
         return sum(outcome.passed for outcome in self.outcomes)
 
 
-def run_tests(code: str, tests: list[str] | tuple[str, ...], limits: SandboxLimits = SandboxLimits()) -> SandboxResult:
-    """Runs `code + "\\n" + test` for each test in one contained child process.
+def run_tests(code: str, tests: list[str] | tuple[str, ...], limits: SandboxLimits = SandboxLimits(), *,
+              python_guards: bool = True) -> SandboxResult:
+    """Runs `code + "\\n" + test` for each test in one isolated child process.
 
-    Safe to call from several threads at once (the TARA replay does): the code between
-    fork and exec only calls setrlimit."""
-    sandbox_dir = tempfile.mkdtemp(prefix="rlcore-sandbox-")
-    result_read, result_write = os.pipe()
+    Raises `SandboxUnavailable` where bubblewrap is missing or cannot start, unless
+    `limits.allow_unconfined`. `python_guards=False` leaves out the child's audit hook and
+    replaced functions, so that tests can show the kernel's walls hold on their own.
+    Safe to call from several threads at once (the TARA replay does): no Python code runs
+    between fork and exec."""
+    return _run(code, tests, limits, python_guards, _bubblewrap(limits))
+
+
+@dataclass(frozen=True)
+class _Bubblewrap:
+    """How to start the child under bubblewrap on this machine."""
+
+    executable: str
+    options: tuple[str, ...]
+    """Every option but the per-call ones (the private directory's size, the seccomp descriptor)."""
+    sizes_tmpfs: bool
+    """Whether this bubblewrap has --size (0.7 and later)."""
+    interpreter: str
+    seccomp_program: bytes
+    """BPF for bwrap's --seccomp: everything but exec (see the module docstring)."""
+    exec_program: bytes
+    """BPF that the child loads once started: execve and execveat refused."""
+
+    def command(self, limits: SandboxLimits, seccomp_fd: int, child_arguments: list[str]) -> list[str]:
+        size = ["--size", str(limits.tmp_bytes)] if self.sizes_tmpfs else []
+        return [self.executable, *self.options, *size, "--tmpfs", _PRIVATE_DIR, "--chdir", _PRIVATE_DIR,
+                "--seccomp", str(seccomp_fd), self.interpreter, "-I", "-S", "-B", _CHILD_IN_SANDBOX,
+                *child_arguments]
+
+
+def _bubblewrap(limits: SandboxLimits) -> _Bubblewrap | None:
+    """The bubblewrap set-up; None where it is unavailable and `allow_unconfined` lets the run go on."""
+    found = _probe_bubblewrap(limits.bwrap)
+    if isinstance(found, _Bubblewrap):
+        return found
+    if not limits.allow_unconfined:
+        raise SandboxUnavailable(found)
+    _warn_unconfined(found)
+    return None
+
+
+@cache
+def _warn_unconfined(reason: str) -> None:
+    _log.warning("code sandbox runs WITHOUT OS isolation (SandboxLimits.allow_unconfined): %s. Candidate code "
+                 "is held back only by Python-level guards and rlimits, which it can get around.", reason)
+
+
+@cache
+def _probe_bubblewrap(bwrap: str) -> _Bubblewrap | str:
+    """The set-up, checked by running one trivial job under it; or why it cannot be had."""
+    executable = shutil.which(bwrap)
+    if executable is None:
+        return (f"the code sandbox needs bubblewrap, and {bwrap!r} was not found (is it installed? "
+                f"`{INSTALL_BUBBLEWRAP}`)")
     try:
-        token = secrets.token_hex(16)
-        job = {"code": code, "tests": list(tests), "test_cpu_s": limits.test_cpu_s,
-               "test_wall_s": limits.test_wall_s, "memory_mib": limits.memory_mib, "token": token}
-        Path(sandbox_dir, "job.marshal").write_bytes(marshal.dumps(job))
-        command = [*_namespace_prefix(limits.network_namespace), sys.executable, "-I", "-S", "-B",
-                   str(CHILD_SCRIPT), str(result_write)]
+        seccomp_program = _seccomp_program(_KERNEL_RULES)
+        exec_program = _seccomp_program(_EXEC_RULES)
+    except OSError as error:
+        return (f"the code sandbox needs libseccomp (libseccomp.so.2) to build its system-call filter: {error} "
+                f"(`apt-get install libseccomp2`)")
+    try:
+        usage = subprocess.run([executable, "--help"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.TimeoutExpired) as error:
+        return f"bubblewrap ({executable}) does not run: {error} (reinstall it: `{INSTALL_BUBBLEWRAP}`)"
+    options = [
+        "--unshare-all", "--unshare-user", "--uid", str(_SANDBOX_UID), "--gid", str(_SANDBOX_UID),
+        "--hostname", "sandbox", "--cap-drop", "ALL", "--new-session", "--die-with-parent",
+        *(["--disable-userns"] if "--disable-userns" in usage else []),  # 0.8+; the seccomp filter refuses anyway
+        *_mount_options(),
+    ]
+    interpreter = os.path.realpath(getattr(sys, "_base_executable", None) or sys.executable)
+    setup = _Bubblewrap(executable, tuple(options), "--size" in usage, interpreter, seccomp_program, exec_program)
+    probe = _run("x = 1", ["assert x == 1"], SandboxLimits(wall_s=30.0), True, setup)
+    if probe.passed != 1:
+        reason = (probe.stderr.strip().splitlines() or [probe.outcomes[0].reason])[-1]
+        return (f"bubblewrap ({executable}) could not start the code sandbox: {reason[:300]}. It needs user "
+                "namespaces (as root, or with unprivileged user namespaces enabled: sysctl "
+                "kernel.unprivileged_userns_clone=1, and on Ubuntu 24.04+ an AppArmor profile allowing bwrap) "
+                "and seccomp")
+    if not setup.sizes_tmpfs:
+        _log.warning("bubblewrap at %s has no --size (0.7+): the sandbox's private directory is bounded by the per-file "
+                     "limit and the wall clock only", executable)
+    return setup
+
+
+_DEVICES = ("/dev/null", "/dev/zero", "/dev/random", "/dev/urandom")  # no ptys, no /dev/shm
+_SYSTEM_LIBRARY_DIRS = ("/lib", "/lib64", "/lib32", "/libx32", "/usr/lib", "/usr/lib64", "/usr/lib32", "/usr/libx32")
+
+
+def _mount_options() -> list[str]:
+    """bwrap options for the child's file system: the shared libraries, the interpreter and its standard
+    library, read-only and at their own paths; site-packages hidden under empty read-only tmpfs; four
+    devices; the child script."""
+    options: list[str] = []
+    bound: list[str] = []
+    for path in _SYSTEM_LIBRARY_DIRS:
+        if os.path.islink(path):  # merged /usr: /lib -> usr/lib
+            options += ["--symlink", os.readlink(path), path]
+        elif os.path.isdir(path):
+            options += ["--ro-bind", path, path]
+            bound.append(path)
+    options += ["--ro-bind-try", "/etc/ld.so.cache", "/etc/ld.so.cache"]
+    for path in _python_paths():
+        if not any(_is_under(path, root) for root in bound):
+            options += ["--ro-bind", path, path]
+            bound.append(path)
+    for path in _site_packages():
+        if os.path.isdir(path) and any(_is_under(path, root) for root in bound):
+            options += ["--tmpfs", path, "--remount-ro", path]
+    for device in _DEVICES:
+        options += ["--dev-bind", device, device]
+    return options + ["--ro-bind", str(CHILD_SCRIPT.resolve()), _CHILD_IN_SANDBOX]
+
+
+def _python_paths() -> list[str]:
+    """The base interpreter (not a venv's), its shared libpython if it has one, the standard library and its
+    extension modules."""
+    config = sysconfig.get_config_var
+    paths = [getattr(sys, "_base_executable", None) or sys.executable, os.path.dirname(os.__file__)]
+    if config("Py_ENABLE_SHARED") and config("LIBDIR") and config("INSTSONAME"):
+        paths.append(os.path.join(config("LIBDIR"), config("INSTSONAME")))
+    if config("DESTSHARED"):
+        paths.append(config("DESTSHARED"))
+    return [os.path.realpath(path) for path in paths if os.path.exists(path)]
+
+
+def _site_packages() -> list[str]:
+    base = {"base": sys.base_prefix, "platbase": sys.base_exec_prefix}
+    stdlib = os.path.realpath(os.path.dirname(os.__file__))
+    paths = {sysconfig.get_path("purelib", vars=base), sysconfig.get_path("platlib", vars=base),
+             os.path.join(stdlib, "site-packages"), os.path.join(stdlib, "dist-packages"),
+             "/usr/lib/python3/dist-packages"}  # Debian's
+    return sorted(os.path.realpath(path) for path in paths)
+
+
+def _is_under(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip("/") + "/")
+
+
+# Seccomp rules: (system call, errno it returns, conditions on its arguments, all of which must hold:
+# (argument index, comparison, a, b)). Everything else is allowed.
+_CMP_NE, _CMP_MASKED_EQ = 1, 7  # libseccomp's enum scmp_compare
+_CLONE_THREAD = 0x00010000
+_CLONE_NAMESPACES = (0x00020000, 0x02000000, 0x04000000, 0x08000000, 0x10000000, 0x20000000, 0x40000000)
+"""CLONE_NEWNS, NEWCGROUP, NEWUTS, NEWIPC, NEWUSER, NEWPID, NEWNET."""
+_REFUSED_SYSCALLS = (
+    "fork", "vfork",  # clone is below: threads stay allowed
+    "ptrace", "process_vm_readv", "process_vm_writev", "pidfd_getfd", "kcmp",
+    "unshare", "setns", "mount", "umount2", "pivot_root", "chroot", "open_tree", "move_mount", "fsopen", "fsconfig",
+    "fsmount", "fspick", "mount_setattr", "name_to_handle_at", "open_by_handle_at",
+    "keyctl", "add_key", "request_key", "bpf", "perf_event_open", "userfaultfd",
+    "io_uring_setup", "io_uring_enter", "io_uring_register",
+    "kexec_load", "kexec_file_load", "init_module", "finit_module", "delete_module",
+    "reboot", "swapon", "swapoff", "syslog", "acct", "quotactl", "iopl", "ioperm",
+)
+_KERNEL_RULES = (
+    *((name, errno.EPERM, ()) for name in _REFUSED_SYSCALLS),
+    ("clone", errno.EPERM, ((0, _CMP_MASKED_EQ, _CLONE_THREAD, 0),)),  # a process, not a thread
+    *(("clone", errno.EPERM, ((0, _CMP_MASKED_EQ, flag, flag),)) for flag in _CLONE_NAMESPACES),
+    ("clone3", errno.ENOSYS, ()),  # its flags are in memory a filter cannot read; glibc falls back to clone
+    ("socket", errno.EPERM, ((0, _CMP_NE, socket.AF_UNIX, 0),)),
+    ("socketpair", errno.EPERM, ((0, _CMP_NE, socket.AF_UNIX, 0),)),
+)
+_EXEC_RULES = (("execve", errno.EPERM, ()), ("execveat", errno.EPERM, ()))
+
+
+class _ArgumentComparison(ctypes.Structure):
+    """libseccomp's struct scmp_arg_cmp."""
+
+    _fields_ = [("arg", ctypes.c_uint), ("op", ctypes.c_int), ("datum_a", ctypes.c_uint64),
+                ("datum_b", ctypes.c_uint64)]
+
+
+def _seccomp_program(rules) -> bytes:
+    """Compiles rules into a classic-BPF seccomp program with libseccomp (native architecture; a call from
+    any other architecture kills the process)."""
+    libseccomp = ctypes.CDLL("libseccomp.so.2", use_errno=True)
+    libseccomp.seccomp_init.restype = ctypes.c_void_p
+    libseccomp.seccomp_init.argtypes = [ctypes.c_uint32]
+    libseccomp.seccomp_release.argtypes = [ctypes.c_void_p]
+    libseccomp.seccomp_syscall_resolve_name.argtypes = [ctypes.c_char_p]
+    libseccomp.seccomp_rule_add_array.argtypes = [ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int, ctypes.c_uint,
+                                                  ctypes.POINTER(_ArgumentComparison)]
+    libseccomp.seccomp_export_bpf.argtypes = [ctypes.c_void_p, ctypes.c_int]
+    allow = 0x7FFF0000  # SCMP_ACT_ALLOW
+    context = libseccomp.seccomp_init(allow)
+    if not context:
+        raise OSError("seccomp_init failed")
+    try:
+        for name, error_number, conditions in rules:
+            number = libseccomp.seccomp_syscall_resolve_name(name.encode())
+            if number == -1:  # __NR_SCMP_ERROR: this libseccomp does not know the call
+                continue
+            comparisons = (_ArgumentComparison * max(1, len(conditions)))(
+                *(_ArgumentComparison(*condition) for condition in conditions))
+            status = libseccomp.seccomp_rule_add_array(context, 0x00050000 | error_number,  # SCMP_ACT_ERRNO
+                                                       number, len(conditions), comparisons)
+            if status < 0:
+                raise OSError(-status, f"seccomp_rule_add for {name}: {os.strerror(-status)}")
+        exported = os.memfd_create("rlcore-seccomp")
+        try:
+            status = libseccomp.seccomp_export_bpf(context, exported)
+            if status < 0:
+                raise OSError(-status, f"seccomp_export_bpf: {os.strerror(-status)}")
+            return os.pread(exported, os.fstat(exported).st_size, 0)
+        finally:
+            os.close(exported)
+    finally:
+        libseccomp.seccomp_release(context)
+
+
+def _run(code: str, tests, limits: SandboxLimits, python_guards: bool, bubblewrap: _Bubblewrap | None
+         ) -> SandboxResult:
+    token = secrets.token_hex(16)
+    job = {"code": code, "tests": list(tests), "test_cpu_s": limits.test_cpu_s, "test_wall_s": limits.test_wall_s,
+           "memory_mib": limits.memory_mib, "token": token, "python_guards": python_guards,
+           "rlimits": _rlimits(limits),
+           "exec_filter": bubblewrap.exec_program if bubblewrap else b""}
+    result_read, result_write = os.pipe()
+    job_fd = _memory_file("rlcore-sandbox-job", marshal.dumps(job))
+    child_arguments = [str(result_write), str(job_fd)]
+    passed_fds = [result_write, job_fd]
+    sandbox_dir = None
+    try:
+        if bubblewrap is None:
+            sandbox_dir = tempfile.mkdtemp(prefix="rlcore-sandbox-")
+            command = [sys.executable, "-I", "-S", "-B", str(CHILD_SCRIPT), *child_arguments]
+        else:
+            passed_fds.append(_memory_file("rlcore-seccomp", bubblewrap.seccomp_program))
+            command = bubblewrap.command(limits, passed_fds[-1], child_arguments)
         child = subprocess.Popen(
             command,
-            cwd=sandbox_dir,
-            env=_child_environment(sandbox_dir),
+            cwd=sandbox_dir or "/",
+            env=_child_environment(sandbox_dir or _PRIVATE_DIR),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
-            pass_fds=(result_write,),
+            pass_fds=passed_fds,
             start_new_session=True,
-            preexec_fn=lambda: _apply_rlimits(limits),
         )
-        os.close(result_write)
-        result_write = -1
+        for fd in passed_fds:
+            os.close(fd)
+        passed_fds = []
         streams, timed_out = _collect(child, result_read, limits)
-        return _result(tests, token, streams, timed_out, child.returncode, limits)
+        returncode = child.returncode
+        if bubblewrap is not None and returncode > 128:  # bwrap exits 128 + N for a child killed by signal N
+            returncode = 128 - returncode
+        return _result(tests, token, streams, timed_out, returncode, limits)
     finally:
         os.close(result_read)
-        if result_write >= 0:
-            os.close(result_write)
-        shutil.rmtree(sandbox_dir, ignore_errors=True)
+        for fd in passed_fds:
+            os.close(fd)
+        if sandbox_dir is not None:
+            shutil.rmtree(sandbox_dir, ignore_errors=True)
 
 
-def _apply_rlimits(limits: SandboxLimits) -> None:
-    """Runs in the child between fork and exec."""
+def _rlimits(limits: SandboxLimits) -> dict[int, tuple[int, int]]:
+    """(soft, hard) by resource, for the child to set on itself."""
     memory = limits.memory_mib * 1024 * 1024
-    resource.setrlimit(resource.RLIMIT_CPU, (limits.cpu_s, limits.cpu_s + 1))
-    resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
-    resource.setrlimit(resource.RLIMIT_FSIZE, (limits.file_bytes, limits.file_bytes))
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    return {resource.RLIMIT_CPU: (limits.cpu_s, limits.cpu_s + 1), resource.RLIMIT_AS: (memory, memory),
+            resource.RLIMIT_FSIZE: (limits.file_bytes, limits.file_bytes), resource.RLIMIT_CORE: (0, 0)}
+
+
+def _memory_file(name: str, data: bytes) -> int:
+    """A descriptor of an anonymous file holding `data`, positioned at its start."""
+    fd = os.memfd_create(name)
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+    os.lseek(fd, 0, os.SEEK_SET)
+    return fd
 
 
 def _child_environment(sandbox_dir: str) -> dict[str, str]:
     return {"PATH": "/usr/bin:/bin", "HOME": sandbox_dir, "TMPDIR": sandbox_dir, "LANG": "C.UTF-8",
             "OMP_NUM_THREADS": "1"}
-
-
-@cache
-def _unshare_works() -> bool:
-    unshare = shutil.which("unshare")
-    if unshare is None:
-        return False
-    try:
-        probe = subprocess.run([unshare, "--net", "true"], capture_output=True, timeout=5)
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-    return probe.returncode == 0
-
-
-def _namespace_prefix(wanted: bool) -> list[str]:
-    return [shutil.which("unshare") or "unshare", "--net"] if wanted and _unshare_works() else []
 
 
 @dataclass
@@ -310,4 +579,4 @@ def _exit_reason(returncode: int, limits: SandboxLimits, stderr: bytes) -> str:
         memory_hint = f" (memory limit {limits.memory_mib} MiB?)" if name in ("SIGABRT", "SIGSEGV", "SIGBUS") else ""
         return f"killed by {name}{memory_hint}"
     last_line = stderr.decode("utf-8", "replace").strip().splitlines()[-1:] or [""]
-    return f"the sandbox process exited with status {returncode}: {last_line[0][:200]}"
+    return f"the sandbox process exited with status {returncode}" + (f": {last_line[0][:200]}" if last_line[0] else "")

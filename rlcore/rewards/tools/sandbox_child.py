@@ -2,26 +2,35 @@
 
 Started by `rlcore.rewards.tools.sandbox.run_tests` as
 
-    python -I -S -B sandbox_child.py RESULT_FD
+    python -I -S -B sandbox_child.py RESULT_FD JOB_FD
 
-with the run's private directory as its working directory and resource limits
-already set. Standard library only; it imports nothing from rlcore.
+under bubblewrap (its private /sandbox as the working directory) or, only where
+that is explicitly allowed, in a private directory of the host. Standard
+library only; it imports nothing from rlcore.
 
-1. Reads ./job.marshal ({"code", "tests", "test_cpu_s", "test_wall_s",
-   "memory_mib", "token"}, written by the parent) and deletes it, so candidate
-   code cannot read the expected values.
-2. Installs the guards: `socket.socket` and friends replaced by versions that
-   refuse, and an audit hook (sys.addaudithook, which cannot be removed) that
-   refuses socket creation and use, process creation (os.fork, os.system,
-   os.exec*, os.posix_spawn, subprocess.Popen), signals to other processes,
-   writes and file-system changes outside the private directory, reads and
-   listings outside it and the standard library (so the code cannot look up
-   expected answers in data files), ctypes
-   library loading and changes to resource limits; `signal.signal`,
-   `signal.setitimer` and the like are replaced too, so candidate code cannot
-   switch off its per-test timers. A refusal raises
-   PermissionError("blocked: ...") in the candidate code and is also reported
-   on RESULT_FD, so it is seen even when the code catches the exception.
+1. Reads the job from JOB_FD ({"code", "tests", "test_cpu_s", "test_wall_s",
+   "memory_mib", "token", "python_guards", "exec_filter", "rlimits"},
+   marshalled by the parent into an anonymous file, so it never lies where
+   candidate code could read the expected values), sets the rlimits on itself
+   (hard limits too, which it cannot raise again) and closes every descriptor
+   but RESULT_FD.
+2. Loads `exec_filter` (a seccomp BPF program; empty without bubblewrap), which
+   refuses execve and execveat from then on: bubblewrap's own filter had to let
+   the interpreter start. ctypes, needed for that, is dropped from sys.modules
+   again, so importing it in candidate code still meets the audit hook.
+3. Installs the Python guards (unless "python_guards" is false, which tests use
+   to show the kernel's walls hold alone): `socket.socket` and friends and
+   `_posixsubprocess.fork_exec` replaced by versions that refuse, and an audit
+   hook (sys.addaudithook, which cannot be removed) that refuses socket
+   creation and use, process creation (os.fork, os.system, os.exec*,
+   os.posix_spawn, subprocess.Popen), signals to other processes, writes and
+   file-system changes outside the private directory, reads and listings
+   outside it and the standard library, ctypes library loading and changes to
+   resource limits; `signal.signal`, `signal.setitimer` and the like are
+   replaced too, so candidate code cannot switch off its per-test timers. A
+   refusal raises PermissionError("blocked: ...") in the candidate code and is
+   also reported on RESULT_FD, so it is seen even when the code catches the
+   exception.
 3. For each test, executes code + "\\n" + test in a fresh namespace under two
    timers, SIGPROF after test_cpu_s of CPU time and SIGALRM after test_wall_s,
    and writes one line to RESULT_FD: "TOKEN<TAB>INDEX<TAB>passed|failed<TAB>
@@ -32,13 +41,15 @@ already set. Standard library only; it imports nothing from rlcore.
    and no json/re import slows the start.
 
 Guards at this level are best-effort: code running in this interpreter could in
-principle reach the hook's state through introspection. The hard walls are the
-parent's: CPU, memory and file-size rlimits, the wall clock with the whole
-process group killed, and the deletion of the private directory.
+principle reach the hook's state through introspection, and some calls raise no
+audit event at all. The hard walls are the kernel's (namespaces and seccomp,
+set up by bubblewrap and step 2) and the parent's: CPU, memory and file-size
+rlimits and the wall clock with the whole process group killed.
 """
 
 import marshal
 import os
+import resource
 import signal
 import sys
 
@@ -47,6 +58,7 @@ _compile, _exec, _write, _realpath = compile, exec, os.write, os.path.realpath
 _setitimer = signal.setitimer
 _MAX_REPORTED_BLOCKS = 20
 _MAX_REASON_CHARS = 1_000
+_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER = 22, 2
 
 _PROCESS_EVENTS = frozenset(
     {"os.fork", "os.forkpty", "os.system", "os.exec", "os.posix_spawn", "os.spawn", "subprocess.Popen"}
@@ -85,10 +97,15 @@ def _on_timer(signum, frame):
 
 
 def main() -> None:
-    result_fd = int(sys.argv[1])
-    with open("job.marshal", "rb") as job_file:
+    result_fd, job_fd = int(sys.argv[1]), int(sys.argv[2])
+    with open(job_fd, "rb") as job_file:
         job = marshal.load(job_file)
-    os.remove("job.marshal")
+    for limit, values in job["rlimits"].items():
+        resource.setrlimit(limit, values)
+    os.closerange(3, result_fd)
+    os.closerange(result_fd + 1, max(result_fd + 1, os.sysconf("SC_OPEN_MAX")))
+    if job["exec_filter"]:
+        _forbid_exec(job["exec_filter"])
     token = job["token"]
 
     def report(index: str, status: str, text: str) -> None:
@@ -99,16 +116,37 @@ def main() -> None:
 
     signal.signal(signal.SIGPROF, _on_timer)
     signal.signal(signal.SIGALRM, _on_timer)
-    refuse = _refuser(report)
-    _block_sockets(refuse)
-    _block_signal_changes(refuse)
-    sys.addaudithook(_audit_hook(_realpath(os.getcwd()), refuse))
+    if job["python_guards"]:
+        refuse = _refuser(report)
+        _block_sockets(refuse)
+        _block_fork_exec(refuse)
+        _block_signal_changes(refuse)
+        sys.addaudithook(_audit_hook(_realpath(os.getcwd()), refuse))
     for index, test in enumerate(job["tests"]):
         try:
             passed, reason = _run_one(job["code"], test, job)
         except _TestTimeout as timeout:  # a timer fired just as the test finished
             passed, reason = False, _timeout_reason(timeout, job)
         report(str(index), "passed" if passed else "failed", reason[:_MAX_REASON_CHARS])
+
+
+def _forbid_exec(program: bytes) -> None:
+    """Adds a seccomp filter (classic BPF, 8 bytes an instruction) to this process; bubblewrap has already
+    set no_new_privs, which the kernel requires for it."""
+    import ctypes
+
+    class SockFprog(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    instructions = ctypes.create_string_buffer(program, len(program))
+    filter_program = SockFprog(len(program) // 8, ctypes.addressof(instructions))
+    if libc.prctl(_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER, ctypes.byref(filter_program), 0, 0) != 0:
+        error = ctypes.get_errno()
+        raise OSError(error, f"the sandbox could not load its exec filter: {os.strerror(error)}")
+    del libc
+    for name in [name for name in sys.modules if name in ("ctypes", "_ctypes") or name.startswith("ctypes.")]:
+        del sys.modules[name]
 
 
 def _run_one(code: str, test: str, job: dict) -> tuple[bool, str]:
@@ -175,6 +213,16 @@ def _block_sockets(refuse) -> None:
     for name in ("create_connection", "create_server", "socketpair", "fromfd", "getaddrinfo",
                  "gethostbyname", "gethostbyname_ex", "gethostbyaddr"):
         setattr(socket, name, blocked(name))
+
+
+def _block_fork_exec(refuse) -> None:
+    """subprocess's fork and exec in C raises no audit event of its own (subprocess.Popen does)."""
+    import _posixsubprocess
+
+    def fork_exec(*args, **kwargs):
+        refuse("process creation", "_posixsubprocess.fork_exec")
+
+    _posixsubprocess.fork_exec = fork_exec
 
 
 def _block_signal_changes(refuse) -> None:
