@@ -49,11 +49,12 @@ def exported_model(run_dir: str | Path, step: int | None = None) -> Path:
                    if (p / "state.json").exists())
     have = f"its checkpoints: steps {steps}" if steps else "it has no checkpoint"
     if step is None:
-        raise FileNotFoundError(f"{run_dir} has no final export ({folder}): the run did not finish; {have}")
+        raise FileNotFoundError(f"{run_dir} has no final export ({folder}): the run did not finish (or ran before "
+                                f"rlcore exported models); {have}")
     if folder.parent.is_dir():
-        raise FileNotFoundError(f"checkpoint {folder.parent} has no Hugging Face folder ({folder.name}/): it holds "
-                                "DeepSpeed shards only (saved before rlcore exported checkpoints); resume the run "
-                                "from it (resume=RUN_DIR) to get an export")
+        raise FileNotFoundError(f"checkpoint {folder.parent} has no Hugging Face folder ({folder.name}/): it was "
+                                "saved before rlcore exported checkpoints and holds DeepSpeed shards only, which "
+                                "rlcore export does not convert")
     raise FileNotFoundError(f"{run_dir} has no checkpoint of step {step}; {have} (only the newest is kept)")
 
 
