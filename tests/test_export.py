@@ -1,6 +1,7 @@
 """A trained model out of every run: the Hugging Face folder each algorithm exports (rlcore.models.export).
 
-Three short runs from the SFT warm start under one local Ray instance:
+First a learner alone: two ZeRO-3 ranks export the whole model. Then three short runs from the SFT warm
+start, under the same local Ray instance:
 
 - PPO, full fine-tuning, 2 steps: it exports at its checkpoint (step 2) and at the end;
 - RRHF with LoRA (rank 4), 1 round: the adapter (`final/adapter`) and the merged model (`final`);
@@ -27,13 +28,16 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
+from actors.learner import LearnerWorker
 from algorithms import ppo, rrhf, self_rewarding
 from launch.cli import cmd_export, main
 from rlcore.core import checkpoint
-from rlcore.core.config import load_config
+from rlcore.core.batch import Batch, make_batch
+from rlcore.core.config import LearnerConfig, ModelConfig, load_config
 from rlcore.data.tasks import get_task
-from rlcore.models.loading import encode_prompts, load_tokenizer, resolve_model
+from rlcore.models.loading import encode_prompts, load_tokenizer, resolve_model, response_logits, token_logprobs
 from rlcore.runtime.cluster import init_ray
+from rlcore.runtime.group import ActorGroup
 
 CONFIGS = Path(__file__).resolve().parents[1] / "launch" / "configs"
 EVAL_SIZE = 32
@@ -145,6 +149,38 @@ def test_export_command_says_what_is_missing(tmp_path, capsys):
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1, err
         assert "steps [4]" in err or "DeepSpeed shards only" in err, err
+
+
+# ---------------------------------------------------------------------------- a learner
+
+
+def answer_nll(model, batch: Batch):
+    """Negative log-likelihood of the responses (summed over tokens, mean over rows)."""
+    return -token_logprobs(response_logits(model, batch), batch).sum(-1).mean(), {}
+
+
+def test_zero3_ranks_export_the_whole_model(ray_cluster, tmp_path):
+    """Two ZeRO-3 ranks each hold a shard of every weight. `export`, called on both, writes the whole model
+    once (rank 0): the same tensors that `weights` gathers for the rollout workers, moved by a step."""
+    tokenizer = load_tokenizer("tiny:arithmetic")
+    problems = [(12, 7), (3, 4), (50, 50), (99, 1)]
+    batch = make_batch(encode_prompts(tokenizer, [f"{a}+{b}=" for a, b in problems]),
+                       [tokenizer(str(a + b), add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+                        for a, b in problems], tokenizer.pad_token_id)
+    config = LearnerConfig(num_workers=2, threads=1, lr=1e-3, micro_batch_size=2, zero_stage=3)
+    learner = ActorGroup.from_config(LearnerWorker, config, "tiny:arithmetic", ModelConfig(), config,
+                                     distributed=True)
+    try:
+        ray.get(learner.shard(LearnerWorker.train_step, batch, answer_nll))
+        gathered = learner.run(LearnerWorker.weights)[0].tensors
+        assert learner.run(LearnerWorker.export, str(tmp_path / "hf")) == [str(tmp_path / "hf"), None]
+    finally:
+        learner.kill()
+    exported = AutoModelForCausalLM.from_pretrained(str(tmp_path / "hf"), dtype=torch.float32).state_dict()
+    initial = load_file(str(Path(resolve_model("tiny:arithmetic")) / "model.safetensors"))
+    assert exported.keys() == gathered.keys()
+    assert all(torch.equal(exported[name], gathered[name]) for name in exported)
+    assert any(not torch.equal(exported[name], initial[name]) for name in initial)
 
 
 # ---------------------------------------------------------------------------- end to end
