@@ -1,5 +1,5 @@
 """Driver-side calls every algorithm makes on its actor groups: fan prompts out, score greedy answers, sync weights,
-read what each role has spent."""
+export the policy, read what each role has spent."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import torch
 
 from actors.learner import LearnerWorker
 from actors.rollout import RolloutWorker, Sampling
+from rlcore.core import checkpoint
 from rlcore.core.batch import Batch
 from rlcore.runtime.group import ActorGroup, gather
 
@@ -39,6 +40,12 @@ def push_weights(learner: ActorGroup[LearnerWorker], *receivers: ActorGroup) -> 
     for group in receivers:
         refs += group.map(group.actor_cls.update_weights, update)
     gather(refs)
+
+
+def export_policy(learner: ActorGroup[LearnerWorker], run_dir, step: int | None = None) -> str:
+    """The learner's policy as a Hugging Face folder: <run_dir>/final, or checkpoint `step`'s `hf` folder
+    (`rlcore.core.checkpoint.model_dir`). Every rank takes part (ZeRO-3 gathers); returns the folder."""
+    return gather(learner.map(LearnerWorker.export, str(checkpoint.model_dir(run_dir, step))))[0]
 
 
 def usage_metrics(groups: dict[str, ActorGroup]) -> dict[str, float]:

@@ -27,6 +27,7 @@ from rlcore.core.batch import Batch
 from rlcore.core.config import LearnerConfig, ModelConfig
 from rlcore.core.usage import busy
 from rlcore.core.weights import WeightUpdate
+from rlcore.models.export import save_hf_folder
 from rlcore.models.loading import load_model
 from rlcore.runtime.rendezvous import init_torch_distributed
 
@@ -102,6 +103,10 @@ class LearnerWorker:
 
         set_threads(config.threads)
         self.config = config
+        self.model_path = model
+        """The model training started from (its config and tokenizer go into exports)."""
+        self.model_config = model_config
+        self.head = head
         self.rank = rank
         self.world_size = world_size
         self.version = 0
@@ -115,17 +120,19 @@ class LearnerWorker:
         torch.manual_seed(seed)  # the same on every rank: a new head or LoRA A starts identical everywhere
         module = load_model(model, head=head, dtype=model_config.dtype)
         self.lora_scale: float | None = None
+        self.lora = None
+        """The peft LoraConfig of a LoRA run, else None."""
         if model_config.lora_rank > 0:
             from peft import LoraConfig, get_peft_model
 
-            lora = LoraConfig(
+            self.lora = LoraConfig(
                 r=model_config.lora_rank,
                 lora_alpha=model_config.lora_alpha,
                 lora_dropout=model_config.lora_dropout,
                 target_modules=list(model_config.lora_target_modules),
                 task_type=PEFT_TASK_TYPES[head],
             )
-            module = get_peft_model(module, lora)
+            module = get_peft_model(module, self.lora)
             self.lora_scale = model_config.lora_alpha / model_config.lora_rank
         trainable = [p for p in module.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(
@@ -229,16 +236,26 @@ class LearnerWorker:
                     if ".lora_A." in name or ".lora_B." in name
                 }
         else:
-            params = dict(module.named_parameters(remove_duplicate=False))  # tied weights under both names
-            tensors = {}
-            for name, tensor in module.state_dict().items():
-                param = params.get(name)
-                with self._gathered([param] if param is not None else []):
-                    if self.rank == 0:
-                        tensors[name] = (param if param is not None else tensor).detach().cpu().clone()
+            tensors = self._state_dict()
         if self.rank != 0:
             return None
         return WeightUpdate(tensors=tensors, lora_scale=self.lora_scale, version=self.version)
+
+    @busy
+    def export(self, path: str) -> str | None:
+        """Rank 0 writes the model as a Hugging Face folder at `path` and returns `path`; other ranks return None.
+
+        Safetensors, config, generation config and the tokenizer of the model
+        training started from (rlcore.models.export). A LoRA run writes the merged
+        model there and the adapter alone under `path/adapter`; training is not
+        disturbed (the merge happens on a CPU copy). Call it on every rank
+        (`group.map(LearnerWorker.export, path)`): under ZeRO-3 the weights are
+        gathered collectively.
+        """
+        tensors = self._state_dict()
+        if self.rank != 0:
+            return None
+        return str(save_hf_folder(path, self.model_path, tensors, self.model_config.dtype, self.lora, self.head))
 
     @busy
     def save(self, path: str) -> None:
@@ -262,6 +279,19 @@ class LearnerWorker:
     def _grad_norm(self) -> float:
         grads = [p.grad.detach().float().norm() for p in self.engine.module.parameters() if p.grad is not None]
         return float(torch.stack(grads).norm()) if grads else 0.0
+
+    def _state_dict(self) -> dict[str, torch.Tensor]:
+        """Rank 0: every tensor of the model's state dict, whole and on the CPU (ZeRO-3 partitions gathered one
+        at a time, on every rank); other ranks: {}."""
+        module = self.engine.module
+        params = dict(module.named_parameters(remove_duplicate=False))  # tied weights under both names
+        tensors = {}
+        for name, tensor in module.state_dict().items():
+            param = params.get(name)
+            with self._gathered([param] if param is not None else []):
+                if self.rank == 0:
+                    tensors[name] = (param if param is not None else tensor).detach().cpu().clone()
+        return tensors
 
     def _gathered(self, params: list[torch.nn.Parameter]):
         """A context in which ZeRO-3-partitioned `params` are whole (a no-op below stage 3)."""

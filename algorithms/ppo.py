@@ -33,7 +33,7 @@ import torch
 from tqdm import tqdm
 
 from actors.critic import CriticWorker
-from actors.driver import generate, greedy_accuracy, push_weights, usage_metrics
+from actors.driver import export_policy, generate, greedy_accuracy, push_weights, usage_metrics
 from actors.learner import LearnerWorker
 from actors.reference import ReferenceWorker
 from actors.reward import RewardWorker
@@ -285,22 +285,25 @@ def train(config: Config) -> dict:
                     folder = checkpoint.checkpoint_dir(run_dir, step)
                     gather(topology.learner.map(LearnerWorker.save, str(folder / "policy"))
                            + topology.critic.map(CriticWorker.save, str(folder / "critic")))
+                    export_policy(topology.learner, run_dir, step)
                     checkpoint.commit(run_dir, step, {"kl_coef": kl_controller.value, "accuracy0": first_accuracy,
                                                       "prompts_used": step * config.prompts_per_step})
             times = timer.pop()
             metrics["tokens_per_s"] = batch.response_mask.sum().item() / max(times.get("time/generate", 1e-9), 1e-9)
             tracker.log({**metrics, **times}, step=step)
             progress.set_postfix(reward=f"{metrics['reward']:.2f}", acc=f"{accuracy:.2f}", kl=f"{metrics['kl']:.3f}")
+        model_path = export_policy(topology.learner, run_dir)
         final_usage = usage_metrics(topology.roles())
         tracker.log(final_usage, step=config.steps)
         tracker.close()
     finally:
         topology.kill()
-    result = {"algorithm": "ppo", "run_dir": str(run_dir), "steps": config.steps,
+    result = {"algorithm": "ppo", "run_dir": str(run_dir), "model_path": model_path, "steps": config.steps,
               "heldout_accuracy_before": first_accuracy, "heldout_accuracy_after": accuracy,
               "wall_seconds": round(time.time() - start, 1), **final_usage}
     print(f"PPO on {config.task.name}: held-out greedy accuracy {first_accuracy:.1%} -> {accuracy:.1%} "
-          f"after {config.steps} steps; {result['wall_seconds']:.0f} s this run; metrics in {run_dir}/metrics.jsonl")
+          f"after {config.steps} steps; {result['wall_seconds']:.0f} s this run; metrics in {run_dir}/metrics.jsonl; "
+          f"model in {model_path}")
     return result
 
 

@@ -46,7 +46,7 @@ from functools import partial
 import torch
 from tqdm import tqdm
 
-from actors.driver import generate, greedy_accuracy, push_weights, usage_metrics
+from actors.driver import export_policy, generate, greedy_accuracy, push_weights, usage_metrics
 from actors.learner import LearnerWorker
 from actors.reward import RewardWorker
 from actors.rollout import RolloutWorker, Sampling
@@ -383,18 +383,21 @@ def train(config: Config) -> dict:
                                  acc=f"{accuracy.get('heldout_accuracy', float('nan')):.2f}")
         if probe_batch is not None:
             probe_after = probe(topology.learner, probe_batch, config)
+        model_path = export_policy(topology.learner, run_dir)
         final_usage = usage_metrics(topology.roles())
     finally:
         topology.kill()
         tracker.close()
-    result = {"algorithm": "rrhf", "run_dir": str(run_dir), "rounds": config.rounds, "updates": updates,
+    result = {"algorithm": "rrhf", "run_dir": str(run_dir), "model_path": model_path, "rounds": config.rounds,
+              "updates": updates,
               **{f"{k}_before": v for k, v in first_accuracy.items()}, **{f"{k}_after": v for k, v in accuracy.items()},
               **{f"first_round_{k}_before": v for k, v in probe_before.items()},
               **{f"first_round_{k}_after": v for k, v in probe_after.items()},
               "wall_seconds": round(time.time() - start, 1), **final_usage}
     before, after = (result.get(f"heldout_accuracy_{when}", float("nan")) for when in ("before", "after"))
     print(f"RRHF on {config.task.name}: held-out greedy accuracy {before:.1%} -> {after:.1%} after {config.rounds} "
-          f"rounds ({updates} updates); {result['wall_seconds']:.0f} s; metrics in {run_dir}/metrics.jsonl")
+          f"rounds ({updates} updates); {result['wall_seconds']:.0f} s; metrics in {run_dir}/metrics.jsonl; "
+          f"model in {model_path}")
     return result
 
 

@@ -65,7 +65,7 @@ from functools import partial
 import torch
 from tqdm import tqdm
 
-from actors.driver import generate, greedy_accuracy, push_weights, usage_metrics
+from actors.driver import export_policy, generate, greedy_accuracy, push_weights, usage_metrics
 from actors.learner import LearnerWorker
 from actors.rollout import RolloutWorker, Sampling
 from algorithms.self_rewarding_seed import (
@@ -298,6 +298,7 @@ def train(config: Config) -> dict:
             table.append(row)
             tracker.log({**row, **usage_metrics(topology.roles())}, step=iteration)  # actor-seconds so far
             print_row(row)
+        model_path = export_policy(topology.learner, run_dir)
         final_usage = usage_metrics(topology.roles())
     finally:
         topology.kill()
@@ -306,13 +307,14 @@ def train(config: Config) -> dict:
     (run_dir / "table.json").write_text(json.dumps({"seed_model": seed_stats, "iterations": table,
                                                     "wall_seconds": wall}, indent=2, default=str))
     (run_dir / "table.md").write_text(markdown_table(table) + f"\n\nwall time {wall:.0f} s\n")
-    result = {"algorithm": "self_rewarding", "run_dir": str(run_dir), "iterations": config.iterations,
+    result = {"algorithm": "self_rewarding", "run_dir": str(run_dir), "model_path": model_path,
+              "iterations": config.iterations,
               "seed_model": seed_path, "heldout_accuracy_before": table[0]["heldout_accuracy"],
               "heldout_accuracy_after": table[-1]["heldout_accuracy"], "table": table, "wall_seconds": wall,
               **final_usage}
     print(f"Self-rewarding on {config.task.name}: held-out greedy accuracy {result['heldout_accuracy_before']:.1%} "
           f"-> {result['heldout_accuracy_after']:.1%} in {config.iterations} iterations, {wall:.0f} s; "
-          f"table in {run_dir}/table.md")
+          f"table in {run_dir}/table.md; model in {model_path}")
     return result
 
 

@@ -6,16 +6,19 @@
     rlcore submit CONFIG.yaml [key=value ...]      run `rlcore train` as a Ray job on a cluster
     rlcore train-rm / train-themis / themis-eval   reward models (see launch/reward_cmds.py)
     rlcore bench [CONFIG.yaml]                     compare the algorithms' compute cost
+    rlcore export RUN_DIR [--step N] [--out DIR]   the Hugging Face folder a run exported (final, or checkpoint N)
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 
 from algorithms import ALGORITHMS, algorithm_module
 from launch import bench, reward_cmds, submit, themis_eval
+from rlcore.core import checkpoint
 from rlcore.core.config import ConfigError, config_from_args, config_help, load_config, read_yaml
 from rlcore.models import sft
 from rlcore.models.build import build_model
@@ -43,6 +46,23 @@ def cmd_build(args: list[str]) -> dict:
     return {name: build_model(name) for name in args}
 
 
+def cmd_export(args: list[str]) -> dict:
+    """`rlcore export RUN_DIR [--step N] [--out DIR]`: the Hugging Face folder (safetensors, config, tokenizer,
+    generation config; a LoRA run's adapter under adapter/) that a run wrote at its end, <RUN_DIR>/final, or
+    with --step N at its checkpoint N (PPO), <RUN_DIR>/checkpoints/step_N/hf. Every run writes these itself;
+    this command finds one (and copies it to DIR with --out), it converts no DeepSpeed shards. Load it with
+    `AutoModelForCausalLM.from_pretrained(FOLDER)` or `vllm serve FOLDER`."""
+    parser = argparse.ArgumentParser(prog="rlcore export", usage="rlcore export RUN_DIR [--step N] [--out DIR]")
+    parser.add_argument("run_dir")
+    parser.add_argument("--step", type=int)
+    parser.add_argument("--out")
+    ns = parser.parse_args(args)
+    folder = checkpoint.exported_model(ns.run_dir, ns.step)
+    if ns.out:
+        folder = shutil.copytree(folder, ns.out)
+    return {"model_path": str(folder)}
+
+
 COMMANDS = {
     "train": cmd_train,
     "sft": cmd_sft,
@@ -52,6 +72,7 @@ COMMANDS = {
     "train-themis": reward_cmds.cmd_train_themis,
     "themis-eval": themis_eval.cmd_themis_eval,
     "bench": bench.cmd_bench,  # the algorithms' compute cost
+    "export": cmd_export,  # a run's trained model as a Hugging Face folder
 }
 CONFIGS = {
     "sft": lambda: sft.Config,
@@ -61,6 +82,8 @@ CONFIGS = {
     "themis-eval": lambda: themis_eval.ThemisConfig,
 }
 """Command -> its config dataclass, for `--help`."""
+DOCSTRING_HELP = {"build": cmd_build, "export": cmd_export}
+"""Commands without a config: `--help` prints the function's docstring."""
 
 
 def command_help(command: str, args: list[str]) -> str:
@@ -89,12 +112,16 @@ def main(argv: list[str] | None = None) -> int:
     ns = parser.parse_args(argv)
     try:
         if ns.command != "submit" and {"-h", "--help"} & set(ns.args):
-            print(command_help(ns.command, ns.args) if ns.command != "build" else cmd_build.__doc__)
+            print(command_help(ns.command, ns.args) if ns.command not in DOCSTRING_HELP
+                  else DOCSTRING_HELP[ns.command].__doc__)
             return 0
         result = COMMANDS[ns.command](ns.args)
     except ConfigError as err:
         print(f"rlcore {ns.command}: config error: {err}", file=sys.stderr)
         return 2
+    except FileNotFoundError as err:
+        print(f"rlcore {ns.command}: {err}", file=sys.stderr)
+        return 1
     print(json.dumps(result, indent=2, default=str))
     return 0
 

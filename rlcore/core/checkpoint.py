@@ -3,7 +3,9 @@
     <run_dir>/checkpoints/step_000010/   one folder per checkpoint; the actors save their parts in it
                                          (e.g. policy/, critic/: DeepSpeed checkpoints with optimizer and schedule)
     <run_dir>/checkpoints/step_000010/state.json   driver state: step, data position, controller values, RNG states
+    <run_dir>/checkpoints/step_000010/hf/          the policy as a Hugging Face folder (rlcore.models.export)
     <run_dir>/checkpoints/latest         name of the newest complete checkpoint, written last
+    <run_dir>/final/                     the policy at the end of the run, as a Hugging Face folder
 
 A checkpoint counts only once `latest` names it, so a run killed while saving
 resumes from the previous one. Older checkpoint folders are deleted after a
@@ -27,6 +29,33 @@ def checkpoint_dir(run_dir: str | Path, step: int) -> Path:
     path = Path(run_dir) / "checkpoints" / f"step_{step:06d}"
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def model_dir(run_dir: str | Path, step: int | None = None) -> Path:
+    """Where a run's Hugging Face export goes: <run_dir>/final, or the `hf` folder of checkpoint `step`."""
+    if step is None:
+        return Path(run_dir) / "final"
+    return Path(run_dir) / "checkpoints" / f"step_{step:06d}" / "hf"
+
+
+def exported_model(run_dir: str | Path, step: int | None = None) -> Path:
+    """The Hugging Face folder a run exported at its end (or at checkpoint `step`); a clear error if there is none."""
+    folder = model_dir(run_dir, step)
+    if (folder / "config.json").exists():
+        return folder
+    if not Path(run_dir).is_dir():
+        raise FileNotFoundError(f"no run folder {run_dir}")
+    steps = sorted(int(p.name.removeprefix("step_")) for p in (Path(run_dir) / "checkpoints").glob("step_*")
+                   if (p / "state.json").exists())
+    have = f"its checkpoints: steps {steps}" if steps else "it has no checkpoint"
+    if step is None:
+        raise FileNotFoundError(f"{run_dir} has no final export ({folder}): the run did not finish (or ran before "
+                                f"rlcore exported models); {have}")
+    if folder.parent.is_dir():
+        raise FileNotFoundError(f"checkpoint {folder.parent} has no Hugging Face folder ({folder.name}/): it was "
+                                "saved before rlcore exported checkpoints and holds DeepSpeed shards only, which "
+                                "rlcore export does not convert")
+    raise FileNotFoundError(f"{run_dir} has no checkpoint of step {step}; {have} (only the newest is kept)")
 
 
 def commit(run_dir: str | Path, step: int, state: dict[str, Any]) -> Path:
