@@ -72,3 +72,16 @@ def test_cli_reports_config_errors(tmp_path, capsys):
     assert "'algorithm' is 'nope'" in capsys.readouterr().err
     assert main(["train", str(tmp_path / "missing.yaml")]) == 2
     assert main(["sft", "badoverride"]) == 2
+
+
+def test_an_override_of_a_nested_config_keeps_the_defaults_its_parent_gives_it():
+    """PPO's critic defaults to lr 5e-4 (CriticConfig's own default is 1e-4) and RRHF's policy to sft:arithmetic:
+    overriding another key of the same section must keep them."""
+    from algorithms import ppo, rrhf
+
+    ppo_config = load_config(ppo.Config, None, ["critic.num_workers=2"])
+    assert ppo_config.critic.lr == 5e-4 and ppo_config.critic.num_workers == 2
+    assert ppo.Config().model.path == "sft:arithmetic"
+    assert load_config(ppo.Config, None, ["model.lora_rank=4"]).model.path == "sft:arithmetic"
+    rrhf_config = load_config(rrhf.Config, "launch/configs/rrhf_tiny.yaml", ["model.lora_rank=4"], ignore=("algorithm",))
+    assert rrhf_config.model.path == rrhf.Config().model.path and rrhf_config.model.lora_rank == 4

@@ -228,12 +228,16 @@ def from_dict(cls: type, data: dict, prefix: str = "") -> Any:
     if not isinstance(data, dict):
         raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls) if f.init]
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     kwargs = {}
     for key, value in data.items():
         full = f"{prefix}{key}"
-        if key not in names:
-            raise ConfigError(f"unknown key {full!r}; allowed keys here: {names}")
+        if key not in fields:
+            raise ConfigError(f"unknown key {full!r}; allowed keys here: {list(fields)}")
+        default = fields[key].default_factory
+        if dataclasses.is_dataclass(hints[key]) and default is not dataclasses.MISSING and isinstance(value, dict):
+            # a nested config keeps the defaults its parent gives it (e.g. PPO's critic lr); `value` changes them
+            value = merge(dataclasses.asdict(default()), value)
         kwargs[key] = _convert(hints[key], value, full)
     try:
         return cls(**kwargs)
