@@ -31,7 +31,9 @@ def test_ppo_raises_heldout_accuracy(ray_local, tmp_path):
     gain = result["heldout_accuracy_after"] - result["heldout_accuracy_before"]
     print(f"PPO: {result['heldout_accuracy_before']:.3f} -> {result['heldout_accuracy_after']:.3f} "
           f"in {result['wall_seconds']} s")
-    assert gain >= 0.15, result
+    # Measured from three SFT warm starts (seeds 0, 1, 2: 52.3 %, 62.5 %, 53.1 %): gains +0.164, +0.180, +0.199.
+    # The bar sits 0.044 below the smallest, so another CPU's equally valid warm start passes too.
+    assert gain >= 0.12, result
     steps = [r for r in rows if "reward" in r]
     assert len(steps) == config.steps
     for key in ["kl", "policy/clip_frac", "policy/entropy", "critic/loss", "explained_variance", "tokens_per_s",
