@@ -16,8 +16,9 @@ def heldout_nll(path, examples):
 
 
 def test_sft_checkpoint_reaches_a_moderate_heldout_accuracy():
-    """`sft:arithmetic` (trained on first use, then cached) answers 20-60 % of held-out problems; the random
-    tiny model it starts from answers none."""
+    """`sft:arithmetic` answers a moderate share of held-out problems: it stops at the first evaluation at or
+    above its 45 % target, and accuracy climbs ~15 points per 50 steps there, so warm starts built on different
+    CPUs land in 45-80 % (seeds 0, 1, 2 gave 52.3, 62.5, 53.1 % here); the random tiny model answers none."""
     task = get_task("arithmetic")
     heldout = task.examples("heldout", 256)
     accuracy = {}
@@ -26,7 +27,7 @@ def test_sft_checkpoint_reaches_a_moderate_heldout_accuracy():
         accuracy[name] = greedy_accuracy(load_model(path), load_tokenizer(path), task, heldout, max_new_tokens=8)
     print(accuracy)
     assert accuracy["tiny:arithmetic"] < 0.02
-    assert 0.2 <= accuracy["sft:arithmetic"] <= 0.6
+    assert 0.45 <= accuracy["sft:arithmetic"] <= 0.8
 
 
 def test_short_sft_run_lowers_heldout_nll(tmp_path):
