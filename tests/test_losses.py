@@ -2,7 +2,7 @@
 
 Each test works its arithmetic out in its docstring; fast paths are checked
 against slow references (gae vs gae_reference, sequence_logprobs vs
-log_softmax, batched RRHF vs one call per query).
+log_softmax, batched RRHF vs one call per query, RLOO vs a leave-one-out loop).
 """
 
 import math
@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from rlcore.core.losses import (
+    ADVANTAGE_ESTIMATORS,
     KL_ESTIMATORS,
     PREFERENCE_LOSSES,
     AdaptiveKLController,
@@ -20,6 +21,7 @@ from rlcore.core.losses import (
     explained_variance,
     gae,
     gae_reference,
+    grpo_advantages,
     ipo_loss,
     kl_k1,
     kl_k2,
@@ -32,6 +34,8 @@ from rlcore.core.losses import (
     pairwise_reward_loss,
     ppo_policy_loss,
     ppo_value_loss,
+    reinforce_pp_advantages,
+    rloo_advantages,
     rrhf_loss,
     sequence_logprobs,
     sft_loss,
@@ -234,6 +238,148 @@ def test_adaptive_kl_controller():
         assert controller.value == pytest.approx(expected, abs=1e-12)
     fixed = FixedKLController(0.05)
     assert fixed.update(100.0, n_steps=256) == 0.05 and fixed.value == 0.05
+
+
+# --------------------------------------------------------------------------
+# critic-free advantage estimators
+# --------------------------------------------------------------------------
+
+# Four responses to one prompt, T = 3, with right and left padding.
+GROUP_MASK = torch.tensor([[1, 1, 0], [1, 0, 0], [1, 1, 1], [0, 1, 1]])
+# What r = [1, 0, 0, 1] per response becomes once broadcast over GROUP_MASK.
+GROUP_SIGNS = torch.tensor([[1.0, 1.0, 0.0], [-1.0, 0.0, 0.0], [-1.0, -1.0, -1.0], [0.0, 1.0, 1.0]])
+
+
+def test_grpo_closed_form():
+    """One group r = [1, 0, 0, 1]: mean 0.5, deviations [0.5, −0.5, −0.5, 0.5],
+    population std √(4·0.25/4) = 0.5 -> A = [1, −1, −1, 1]
+    (with eps = 1e-6: 0.5/0.500001 = 0.999998, inside float32 tolerance; eps = 0 is exact).
+    Dr. GRPO (normalize_std=False): A = r − mean = [0.5, −0.5, −0.5, 0.5].
+    Each row's value fills its counted tokens; padding is 0."""
+    scores = torch.tensor([1.0, 0.0, 0.0, 1.0])
+    group = torch.zeros(4, dtype=torch.long)
+    torch.testing.assert_close(grpo_advantages(scores, group, GROUP_MASK), GROUP_SIGNS)
+    torch.testing.assert_close(grpo_advantages(scores, group, GROUP_MASK, eps=0.0), GROUP_SIGNS, atol=0, rtol=0)
+    torch.testing.assert_close(grpo_advantages(scores, group, GROUP_MASK, normalize_std=False), 0.5 * GROUP_SIGNS)
+    # integer rewards and a bool mask give the same float32 result
+    torch.testing.assert_close(grpo_advantages(scores.long(), group, GROUP_MASK.bool()), GROUP_SIGNS)
+
+
+def test_rloo_closed_form():
+    """One group r = [1, 0, 0, 1], k = 4. Leave-one-out baselines:
+      A_0 = 1 − (0 + 0 + 1)/3 = 2/3      A_1 = 0 − (1 + 0 + 1)/3 = −2/3
+    -> A = [2/3, −2/3, −2/3, 2/3] = 4/3 · (r − 0.5). Padding is 0."""
+    scores = torch.tensor([1.0, 0.0, 0.0, 1.0])
+    group = torch.zeros(4, dtype=torch.long)
+    torch.testing.assert_close(rloo_advantages(scores, group, GROUP_MASK), 2.0 / 3.0 * GROUP_SIGNS)
+
+
+def test_group_estimators_keep_interleaved_groups_apart():
+    """Group 7: r = [2, 4, 6] (mean 4, deviations [−2, 0, 2]); group 3: r = [1, 0, 0, 1].
+    Listed interleaved: ids [7, 3, 3, 7, 3, 7, 3].
+      GRPO  group 7: population std √(8/3) = 1.6329932 -> [−1.2247449, 0, 1.2247449]
+            group 3: [1, −1, −1, 1] as above.
+      RLOO  group 7 (k = 3): 2 − (4 + 6)/2 = −3, 4 − (2 + 6)/2 = 0, 6 − (2 + 4)/2 = 3
+            group 3 (k = 4): [2/3, −2/3, −2/3, 2/3].
+    (One pooled group would have mean 2 and give r = 2 an advantage of 0.)"""
+    group = torch.tensor([7, 3, 3, 7, 3, 7, 3])
+    scores = torch.tensor([2.0, 1.0, 0.0, 4.0, 0.0, 6.0, 1.0])
+    mask = torch.ones(7, 2)
+    a = 1.2247449
+    grpo_expected = torch.tensor([-a, 1.0, -1.0, 0.0, -1.0, a, 1.0])[:, None].expand(7, 2)
+    rloo_expected = torch.tensor([-3.0, 2 / 3, -2 / 3, 0.0, -2 / 3, 3.0, 2 / 3])[:, None].expand(7, 2)
+    torch.testing.assert_close(grpo_advantages(scores, group, mask), grpo_expected)
+    torch.testing.assert_close(rloo_advantages(scores, group, mask), rloo_expected)
+
+
+def test_group_estimators_single_sample_and_tied_groups_are_zero():
+    """Group 0: one sample (r = 5): nothing to compare with -> 0.
+    Group 1: r = [0.1, 0.1, 0.1], tied: std 0 -> exactly 0 (in float64
+    0.1 + 0.1 + 0.1 = 0.30000000000000004, so r − mean is −1.4e-17, not 0;
+    divided by eps it would leave −1.4e-11).
+    Group 2: r = [1, 0]: mean 0.5, std 0.5 -> GRPO [1, −1]; RLOO (k = 2) [1 − 0, 0 − 1] = [1, −1].
+    Everything finite, with eps = 0 too; a batch of one single sample gives 0."""
+    scores = torch.tensor([0.1, 5.0, 0.1, 1.0, 0.1, 0.0], dtype=torch.float64)
+    group = torch.tensor([1, 0, 1, 2, 1, 2])
+    mask = torch.ones(6, 2)
+    expected = torch.tensor([0.0, 0.0, 0.0, 1.0, 0.0, -1.0], dtype=torch.float64)[:, None].expand(6, 2)
+    zero_rows = torch.tensor([0, 1, 2, 4])
+    for advantages in (
+        grpo_advantages(scores, group, mask),
+        grpo_advantages(scores, group, mask, eps=0.0),
+        grpo_advantages(scores, group, mask, normalize_std=False) * 2,
+        rloo_advantages(scores, group, mask),
+    ):
+        assert torch.isfinite(advantages).all()
+        assert torch.equal(advantages[zero_rows], torch.zeros(4, 2, dtype=torch.float64))
+        torch.testing.assert_close(advantages, expected, atol=1e-5, rtol=0)  # eps = 1e-6 gives 0.999998
+    single = (torch.tensor([3.0]), torch.tensor([0]), torch.ones(1, 2))
+    assert torch.equal(grpo_advantages(*single), torch.zeros(1, 2))
+    assert torch.equal(rloo_advantages(*single), torch.zeros(1, 2))
+
+
+def test_rloo_matches_leave_one_out_reference():
+    """Random rewards in groups of sizes 1, 2, 3 and 5, shuffled. Slow reference:
+    A_i = r_i − mean of the *other* samples of i's group (0 if none), a Python
+    loop. The fast path uses A_i = k/(k−1)·(r_i − mean), so it also equals
+    k/(k−1) times Dr. GRPO."""
+    generator = torch.Generator().manual_seed(0)
+    group = torch.tensor([4] + [9] * 2 + [2] * 3 + [5] * 5)[torch.randperm(11, generator=generator)]
+    scores = torch.randn(11, generator=generator)
+    reference = torch.zeros(11)
+    for i in range(11):
+        others = [float(scores[j]) for j in range(11) if j != i and group[j] == group[i]]
+        reference[i] = float(scores[i]) - sum(others) / len(others) if others else 0.0
+    mask = torch.ones(11, 1)
+    rloo = rloo_advantages(scores, group, mask)
+    torch.testing.assert_close(rloo, reference[:, None])
+    k = (group[:, None] == group[None, :]).sum(dim=1).float()
+    dr_grpo = grpo_advantages(scores, group, mask, normalize_std=False)
+    torch.testing.assert_close(rloo, (k / (k - 1).clamp(min=1))[:, None] * dr_grpo)
+
+
+# Two rows, T = 4: row 0 counts tokens 0–2, row 1 tokens 1–2 (left and right padding).
+REINFORCE_MASK = torch.tensor([[1, 1, 1, 0], [0, 1, 1, 0]])
+REINFORCE_LOGP = torch.tensor([[-1.0, -3.0, -1.0, GARBAGE], [GARBAGE, -2.0, -1.0, GARBAGE]])
+REINFORCE_REF = torch.tensor([[-1.0, -1.0, -2.0, -GARBAGE], [-GARBAGE, -2.0, -2.0, GARBAGE]])
+REINFORCE_SCORES = torch.tensor([1.0, 0.0])
+
+
+def test_reinforce_pp_without_kl_is_whitened_reward_to_go():
+    """β = 0: r = score on the last token. Row 0 (score 1): G = [1, 1, 1];
+    row 1 (score 0): G = [0, 0]. Counted returns {1, 1, 1, 0, 0}:
+    mean 0.6, deviations 0.4 (×3), −0.6 (×2), Σ² = 0.48 + 0.72 = 1.2,
+    unbiased var 1.2/4 = 0.3, std 0.5477226
+    -> A = 0.4/0.5477226 = 0.7302967 and −0.6/0.5477226 = −1.0954451."""
+    advantages, returns = reinforce_pp_advantages(
+        REINFORCE_SCORES, REINFORCE_LOGP, REINFORCE_REF, REINFORCE_MASK, kl_coef=0.0
+    )
+    close(returns, [[1.0, 1.0, 1.0, 0.0], [0.0, 0.0, 0.0, 0.0]])
+    high, low = 0.7302967, -1.0954451
+    torch.testing.assert_close(advantages, torch.tensor([[high, high, high, 0.0], [0.0, low, low, 0.0]]))
+
+
+def test_reinforce_pp_with_kl_closed_form():
+    """β = 0.5, k1 = log π − log π_ref.
+      Row 0 (score 1): KL = [0, −2, 1] -> r = [0, 1, −0.5 + 1] = [0, 1, 0.5]
+                       G = [0 + 1 + 0.5, 1 + 0.5, 0.5] = [1.5, 1.5, 0.5]
+      Row 1 (score 0): KL = [0, 1] on tokens 1–2 -> r = [0, −0.5], G = [−0.5, −0.5]
+    Counted returns {1.5, 1.5, 0.5, −0.5, −0.5}: mean 0.5, deviations
+    [1, 1, 0, −1, −1], unbiased var 4/4 = 1 -> A = the deviations.
+    The returns equal GAE's advantages with V = 0 and γ = λ = 1."""
+    advantages, returns = reinforce_pp_advantages(
+        REINFORCE_SCORES, REINFORCE_LOGP, REINFORCE_REF, REINFORCE_MASK, kl_coef=0.5, kl_estimator="k1"
+    )
+    torch.testing.assert_close(returns, torch.tensor([[1.5, 1.5, 0.5, 0.0], [0.0, -0.5, -0.5, 0.0]]))
+    torch.testing.assert_close(advantages, torch.tensor([[1.0, 1.0, 0.0, 0.0], [0.0, -1.0, -1.0, 0.0]]))
+    rewards = kl_penalized_rewards(REINFORCE_SCORES, REINFORCE_LOGP, REINFORCE_REF, REINFORCE_MASK, 0.5)
+    gae_advantages, _ = gae(rewards, torch.zeros(2, 4), REINFORCE_MASK, gamma=1.0, lam=1.0)
+    torch.testing.assert_close(returns, gae_advantages)
+
+
+def test_advantage_estimator_names():
+    """A config validates its choice against these names."""
+    assert ADVANTAGE_ESTIMATORS == ("gae", "grpo", "rloo", "reinforce_pp")
 
 
 # --------------------------------------------------------------------------
@@ -583,6 +729,9 @@ def test_padding_values_never_change_results():
             masked_whiten(advantages, mask),
             explained_variance(values, returns, mask),
             rrhf_loss(logp, mask, scores),
+            grpo_advantages(scores, torch.tensor([0, 0]), mask),
+            rloo_advantages(scores, torch.tensor([0, 0]), mask),
+            reinforce_pp_advantages(scores, logp, ref_logp, mask, 0.1, "k3"),
         ]
 
     first = everything(logp, old_logp, ref_logp, advantages, values, returns)

@@ -3,7 +3,8 @@
 Every function here is pure: tensors and scalars in, tensors out. No module
 state, no trainer, no config objects. Algorithms pick a variant by name from
 the two dicts at the bottom of their section (``KL_ESTIMATORS``,
-``PREFERENCE_LOSSES``); that is the only indirection.
+``PREFERENCE_LOSSES``); that is the only indirection. ``ADVANTAGE_ESTIMATORS``
+lists the advantage estimators' names for config validation.
 
 Conventions
 -----------
@@ -262,6 +263,146 @@ class FixedKLController:
 
     def update(self, current_kl: float, n_steps: int) -> float:
         return self.value
+
+
+# ---------------------------------------------------------------------------
+# Critic-free advantage estimators
+# ---------------------------------------------------------------------------
+# Baselines built from the other samples of the same prompt (GRPO, RLOO) or
+# from the batch (REINFORCE++) instead of a learned value function.
+# ``group`` is a [B] integer tensor of prompt ids: the n samples of one
+# prompt share an id; ids need not be contiguous, sorted or adjacent.
+
+
+def _group_mean(values: Tensor, group_index: Tensor) -> Tensor:
+    """Mean of ``values`` over each sample's group, gathered back: [B] -> [B].
+    group_index: [B] long in 0..G-1 (from ``torch.unique(return_inverse=True)``)."""
+    num_groups = int(group_index.max()) + 1
+    sums = values.new_zeros(num_groups).index_add_(0, group_index, values)
+    sizes = torch.bincount(group_index, minlength=num_groups).to(values.dtype)
+    return (sums / sizes)[group_index]
+
+
+def _group_centered(scores: Tensor, group: Tensor) -> tuple[Tensor, Tensor]:
+    """r_i − mean of r_i's group, in float64: [B], [B] -> (centered [B], group_index [B]).
+
+    A group whose scores are all equal (a single sample included) gets exactly
+    0: the round-off in its mean (0.1 + 0.1 + 0.1 ≠ 0.3) would otherwise leave
+    a ~1e-17 residue, which a division by std + eps turns into ~1e-11.
+    """
+    _, group_index = torch.unique(group, return_inverse=True)  # [B] in 0..G-1
+    scores = scores.detach().to(torch.float64)  # ints allowed
+    num_groups = int(group_index.max()) + 1
+    per_group = scores.new_zeros(num_groups)
+    group_max = per_group.scatter_reduce(0, group_index, scores, reduce="amax", include_self=False)
+    group_min = per_group.scatter_reduce(0, group_index, scores, reduce="amin", include_self=False)
+    tied = (group_max == group_min)[group_index]  # [B]
+    centered = torch.where(tied, torch.zeros_like(scores), scores - _group_mean(scores, group_index))
+    return centered, group_index
+
+
+def _per_token(per_sequence: Tensor, mask: Tensor, dtype: torch.dtype) -> Tensor:
+    """Broadcast a [B] value over the counted tokens of [B, T]; 0 elsewhere."""
+    per_token = per_sequence.to(dtype)[:, None].expand(mask.shape)
+    return torch.where(_bool_mask(mask), per_token, torch.zeros_like(per_token))
+
+
+def _float_dtype(scores: Tensor) -> torch.dtype:
+    return scores.dtype if scores.is_floating_point() else torch.get_default_dtype()
+
+
+def grpo_advantages(
+    scores: Tensor, group: Tensor, response_mask: Tensor, normalize_std: bool = True, eps: float = 1e-6
+) -> Tensor:
+    """Group-relative outcome advantages (GRPO; Shao et al. 2024,
+    "DeepSeekMath", §4.1.2), the same for every token of a response:
+
+        A_i = (r_i − mean(r_group)) / (std(r_group) + eps)
+
+    scores: [B] outcome rewards; group: [B] prompt ids; response_mask: [B, T]
+    -> [B, T], 0 on uncounted positions. Example, one group r = [1, 0, 0, 1]:
+    mean 0.5, deviations [0.5, −0.5, −0.5, 0.5], std √(4·0.25/4) = 0.5
+    -> A = [1, −1, −1, 1] (each 0.5/(0.5 + 1e-6) = 0.999998 with the default eps).
+
+    Choices:
+      * std is the *population* std of the group (divide by k, unbiased=False).
+        The paper says only "normalized by the group's std"; TRL and verl call
+        torch.std, which is Bessel-corrected (k − 1), so their advantages are
+        √((k − 1)/k) times these (e.g. 0.866× for k = 4).
+      * normalize_std=False drops the division: A_i = r_i − mean(r_group),
+        Dr. GRPO (Liu et al. 2025, "Understanding R1-Zero-Like Training"),
+        which removes the std's difficulty bias (groups with a small std, i.e.
+        prompts nearly always solved or failed, get larger advantages).
+        (Dr. GRPO's other change, no per-sequence length normalisation, is a
+        loss reduction, not part of the advantage.)
+      * A group with a single sample or all-equal rewards gets A = 0 exactly,
+        for any eps (eps = 0 included).
+    Scores are treated as constants (detached); integer scores are allowed.
+    """
+    advantages, group_index = _group_centered(scores, group)  # [B]
+    if normalize_std:
+        std = _group_mean(advantages**2, group_index).sqrt()  # [B], population std
+        advantages = torch.where(std > 0, advantages / (std + eps), torch.zeros_like(advantages))  # eps=0 allowed
+    return _per_token(advantages, response_mask, _float_dtype(scores))
+
+
+def rloo_advantages(scores: Tensor, group: Tensor, response_mask: Tensor) -> Tensor:
+    """REINFORCE leave-one-out advantages (Ahmadian et al. 2024, "Back to
+    Basics"; Kool et al. 2019), the same for every token of a response:
+
+        A_i = r_i − (1/(k−1)) Σ_{j≠i} r_j = k/(k−1) · (r_i − mean(r_group))
+
+    (the identity: Σ_{j≠i} r_j = k·mean − r_i, so A_i = (k r_i − k·mean)/(k−1)).
+    k is the size of sample i's group. scores: [B]; group: [B] prompt ids;
+    response_mask: [B, T] -> [B, T], 0 on uncounted positions.
+    Example, one group r = [1, 0, 0, 1] (k = 4, mean 0.5):
+    A_0 = 1 − (0 + 0 + 1)/3 = 2/3 = 4/3 · 0.5; A_1 = 0 − 2/3 = −2/3
+    -> A = [2/3, −2/3, −2/3, 2/3].
+    A group of one sample (no other sample to compare with) or with all-equal
+    rewards gets A = 0. Scores are treated as constants (detached).
+    """
+    centered, group_index = _group_centered(scores, group)  # [B]
+    group_size = torch.bincount(group_index)[group_index].to(centered.dtype)  # [B], k
+    advantages = centered * group_size / (group_size - 1).clamp(min=1)  # k = 1: centered is 0
+    return _per_token(advantages, response_mask, _float_dtype(scores))
+
+
+def reinforce_pp_advantages(
+    scores: Tensor,
+    logprobs: Tensor,
+    ref_logprobs: Tensor,
+    response_mask: Tensor,
+    kl_coef: float,
+    kl_estimator: str = "k1",
+) -> tuple[Tensor, Tensor]:
+    """REINFORCE++ advantages (Hu 2025, "REINFORCE++"): no critic, γ = 1,
+    the baseline is the whole batch:
+
+        r_t = −β · KL_t,  r_T += score           (``kl_penalized_rewards``)
+        G_t = Σ_{t' ≥ t} r_t'                    (reward-to-go, "returns")
+        A_t = (G_t − mean G) / std G             (over all counted tokens of the batch)
+
+    scores: [B]; logprobs, ref_logprobs, response_mask: [B, T]
+    -> (advantages, returns): [B, T], 0 on uncounted positions. The whitening
+    is ``masked_whiten`` (unbiased variance), so the batch needs at least two
+    counted tokens (ValueError otherwise); every row needs at least one.
+    Example, β = 0, two rows of three tokens with scores 1 and −1:
+    G = [[1, 1, 1], [−1, −1, −1]]; mean 0, unbiased var 6/5
+    -> A = ±1/√1.2 = ±0.9128709.
+    With β = 0.5, score 1, KL_t = [0, −2, 1]: r = [0, 1, −0.5 + 1] = [0, 1, 0.5]
+    -> G = [1.5, 1.5, 0.5]. Inputs are treated as constants (detached).
+    """
+    bool_mask = _bool_mask(response_mask)
+    rewards = kl_penalized_rewards(scores, logprobs, ref_logprobs, bool_mask, kl_coef, kl_estimator)  # [B, T]
+    returns = rewards.flip(1).cumsum(1).flip(1)  # G_t; uncounted rewards are 0
+    returns = torch.where(bool_mask, returns, torch.zeros_like(returns))
+    return masked_whiten(returns, bool_mask), returns
+
+
+# Names a config may choose for ``advantage_estimator`` (``check_choice``).
+# A tuple, not a name -> function dict: the estimators take different inputs
+# (GAE needs values, GRPO/RLOO need groups, REINFORCE++ needs log-probs).
+ADVANTAGE_ESTIMATORS = ("gae", "grpo", "rloo", "reinforce_pp")
 
 
 # ---------------------------------------------------------------------------
