@@ -1,6 +1,8 @@
 """RewardWorker: one interface, `score(batch) -> Scores`, several kinds chosen by `RewardConfig.kind`.
 
-    rule        the task's exact verifier (1.0 right, 0.0 wrong)
+    rule        the task's exact verifier (1.0 right, 0.0 wrong); needs a task:<name> data source
+    reference   1.0 iff the response gives the row's reference answer (data.answer_key), after the extraction
+                rule reward.extract and the match reward.match (rlcore.rewards.reference), else 0.0
     model       a trained scalar-head reward model (`rlcore train-rm`; reward.path is its folder)
     self_judge  the policy's own weights as an LLM-as-a-Judge (rlcore.rewards.judge), served by a RolloutWorker
                 that receives every weight update; reward = mean parsed score of judge_samples samples
@@ -8,8 +10,10 @@
                 tool calls, the tools run here, it writes a rationale, its value head gives the reward
     remote      an HTTP endpoint: POST {"prompts": [...], "responses": [...]} -> {"rewards": [...]}
 
-Each kind is a small scorer class `(prompts, responses) -> Scores`; `SCORERS`
-maps the config's `kind` to it. A scorer that serves the policy's own weights
+Each kind is a small scorer class `(prompts, responses, answers) -> Scores`, built from
+`(RewardConfig, task name or None, policy model)`; `SCORERS` maps the config's `kind` to it.
+Prompts reach the scorers as text (`rlcore.data.sources.prompt_text`); answers are the rows'
+reference answers when the batch carries them (`batch.info["answer"]`), else None. A scorer that serves the policy's own weights
 (a self-judge) also has `update_weights`, which the worker forwards.
 """
 
@@ -28,13 +32,15 @@ import torch
 
 from actors.rollout import RolloutWorker, Sampling
 from rlcore.core.batch import Batch
-from rlcore.core.config import RewardConfig, RolloutConfig, TaskConfig
+from rlcore.core.config import RewardConfig, RolloutConfig
 from rlcore.core.usage import busy
 from rlcore.core.weights import WeightUpdate
+from rlcore.data.sources import prompt_text
 from rlcore.data.tasks import get_task
 from rlcore.models.loading import load_model, load_tokenizer
 from rlcore.models.tiny import TINY_CHAT_TEMPLATE
 from rlcore.rewards.judge import COMPACT_JUDGE_TEMPLATE, JUDGE_RUBRIC, average_scores, judge_prompt, parse_score
+from rlcore.rewards.reference import reference_match
 from rlcore.rewards.reward_model import score_responses
 from rlcore.rewards.themis.model import ThemisModel
 from rlcore.rewards.themis.tool_loop import score_with_tools
@@ -52,11 +58,27 @@ class Scores:
 class RuleScorer:
     """The task's verifier as a reward."""
 
-    def __init__(self, config: RewardConfig, task: TaskConfig, policy_model: str) -> None:
-        self.task = get_task(task.name, seed=task.seed)
+    def __init__(self, config: RewardConfig, task: str | None, policy_model: str) -> None:
+        if task is None:
+            raise ValueError("reward.kind 'rule' is a built-in task's verifier and needs a task:<name> data source; "
+                             "for your own data with reference answers use reward.kind=reference")
+        self.task = get_task(task)
 
-    def __call__(self, prompts: list[str], responses: list[str]) -> Scores:
+    def __call__(self, prompts: list[str], responses: list[str], answers=None) -> Scores:
         return Scores(torch.tensor([self.task.verify(p, r) for p, r in zip(prompts, responses)]))
+
+
+class ReferenceScorer:
+    """1.0 iff the response gives the row's reference answer (rlcore.rewards.reference), else 0.0."""
+
+    def __init__(self, config: RewardConfig, task: str | None, policy_model: str) -> None:
+        self.rule = {"extract": config.extract, "answer_extract": config.answer_extract, "match": config.match}
+
+    def __call__(self, prompts: list[str], responses: list[str], answers: list[str] | None = None) -> Scores:
+        if answers is None or any(a is None for a in answers):
+            raise ValueError("reward.kind 'reference' needs every row's reference answer: set data.answer_key to "
+                             "the column that holds it")
+        return Scores(torch.tensor([float(reference_match(r, a, **self.rule)) for r, a in zip(responses, answers)]))
 
 
 def _set_threads(threads: int) -> None:
@@ -67,7 +89,7 @@ def _set_threads(threads: int) -> None:
 class ModelScorer:
     """A trained scalar-head reward model (`rlcore.rewards.reward_model`), scored in batches."""
 
-    def __init__(self, config: RewardConfig, task: TaskConfig, policy_model: str, batch_size: int = 64) -> None:
+    def __init__(self, config: RewardConfig, task: str | None, policy_model: str, batch_size: int = 64) -> None:
         if not config.path:
             raise ValueError("reward.path: kind 'model' needs the folder of a trained reward model (rlcore train-rm)")
         _set_threads(config.threads)
@@ -75,7 +97,7 @@ class ModelScorer:
         self.model = load_model(config.path, head="reward").eval()
         self.batch_size = batch_size
 
-    def __call__(self, prompts: list[str], responses: list[str]) -> Scores:
+    def __call__(self, prompts: list[str], responses: list[str], answers=None) -> Scores:
         return Scores(score_responses(self.model, self.tokenizer, prompts, responses, self.batch_size))
 
 
@@ -89,7 +111,7 @@ class SelfJudgeScorer:
     paper's 5-point rubric.
     """
 
-    def __init__(self, config: RewardConfig, task: TaskConfig, policy_model: str, engine: str = "vllm",
+    def __init__(self, config: RewardConfig, task: str | None, policy_model: str, engine: str = "vllm",
                  temperature: float = 1.0, seed: int = 0) -> None:
         if not policy_model:
             raise ValueError("reward.kind 'self_judge' needs the policy model (RewardWorker's policy_model)")
@@ -100,7 +122,7 @@ class SelfJudgeScorer:
         self.sampling = Sampling(n=config.judge_samples, temperature=temperature,
                                  max_new_tokens=4 if compact else 256, stop=["\n"] if compact else [])
 
-    def __call__(self, prompts: list[str], responses: list[str]) -> Scores:
+    def __call__(self, prompts: list[str], responses: list[str], answers=None) -> Scores:
         judge_prompts = [judge_prompt(p, r, self.template) for p, r in zip(prompts, responses)]
         judgements = self.engine.generate(judge_prompts, self.sampling).info["response"]
         return judge_rewards(judgements, self.sampling.n)
@@ -132,7 +154,7 @@ class ToolScorer:
     The question is the task prompt and the answer the response; tools see the response as the answer
     under judgement (ToolContext.answer)."""
 
-    def __init__(self, config: RewardConfig, task: TaskConfig, policy_model: str,
+    def __init__(self, config: RewardConfig, task: str | None, policy_model: str,
                  tools: dict[str, Tool] | None = None, max_calls: int = 3, max_new_tokens: int = 256) -> None:
         if not config.path:
             raise ValueError("reward.path: kind 'tool' needs the folder of a Themis reward model (rlcore train-themis)")
@@ -144,7 +166,7 @@ class ToolScorer:
         self.max_new_tokens = max_new_tokens
         self.timeout_s = config.timeout_s
 
-    def __call__(self, prompts: list[str], responses: list[str]) -> Scores:
+    def __call__(self, prompts: list[str], responses: list[str], answers=None) -> Scores:
         traces = score_with_tools(self.model, self.tokenizer, prompts, responses,
                                   [ToolContext(answer=r) for r in responses], self.tools, self.max_calls,
                                   self.max_new_tokens, self.timeout_s)
@@ -164,7 +186,7 @@ class RemoteScorer:
     the last failure. Other HTTP errors and malformed answers raise at once (retrying will not help).
     """
 
-    def __init__(self, config: RewardConfig, task: TaskConfig, policy_model: str, attempts: int = 3,
+    def __init__(self, config: RewardConfig, task: str | None, policy_model: str, attempts: int = 3,
                  backoff_s: float = 0.5) -> None:
         if not config.url.startswith(("http://", "https://")):
             raise ValueError(f"reward.url: kind 'remote' needs an http(s) URL, got {config.url!r}")
@@ -172,7 +194,7 @@ class RemoteScorer:
             raise ValueError(f"attempts must be >= 1, got {attempts}")
         self.url, self.timeout_s, self.attempts, self.backoff_s = config.url, config.timeout_s, attempts, backoff_s
 
-    def __call__(self, prompts: list[str], responses: list[str]) -> Scores:
+    def __call__(self, prompts: list[str], responses: list[str], answers=None) -> Scores:
         body = json.dumps({"prompts": list(prompts), "responses": list(responses)}).encode()
         failure = None
         for attempt in range(self.attempts):
@@ -210,6 +232,7 @@ class RemoteScorer:
 
 SCORERS: dict[str, type] = {
     "rule": RuleScorer,
+    "reference": ReferenceScorer,
     "model": ModelScorer,
     "self_judge": SelfJudgeScorer,
     "tool": ToolScorer,
@@ -218,16 +241,18 @@ SCORERS: dict[str, type] = {
 
 
 class RewardWorker:
-    """Scores samples; reads the prompt and response texts from `batch.info`."""
+    """Scores samples; reads the prompts, responses and (when there) reference answers from `batch.info`.
+    `task`: the data's built-in task (a task:<name> source), or None."""
 
-    def __init__(self, config: RewardConfig, task: TaskConfig, policy_model: str = "") -> None:
+    def __init__(self, config: RewardConfig, task: str | None = None, policy_model: str = "") -> None:
         if config.kind not in SCORERS:
             raise ValueError(f"reward.kind {config.kind!r} is not available; choose one of {sorted(SCORERS)}")
         self.scorer = SCORERS[config.kind](config, task, policy_model)
 
     @busy
     def score(self, batch: Batch) -> Scores:
-        scores = self.scorer(batch.info["prompt"], batch.info["response"])
+        scores = self.scorer([prompt_text(p) for p in batch.info["prompt"]], batch.info["response"],
+                             batch.info.get("answer"))
         if scores.rewards.shape != (len(batch),):
             raise RuntimeError(
                 f"reward scorer returned {tuple(scores.rewards.shape)} rewards for a batch of {len(batch)}"

@@ -123,9 +123,11 @@ class RolloutWorker:
         dtype: str = "float32",
         enable_lora: bool = False,
         max_lora_rank: int = 64,
+        chat_template: bool = True,
     ) -> None:
         """`model`: a folder, Hub name or `tiny:<task>`. `enable_lora`: expect LoRA updates (keeps a CPU copy
-        of the base weights to merge adapters into; adapters of rank above `max_lora_rank` are refused)."""
+        of the base weights to merge adapters into; adapters of rank above `max_lora_rank` are refused).
+        `chat_template`: format prompts with the tokenizer's chat template (`data.apply_chat_template`)."""
         if config.engine not in ENGINES:
             raise ValueError(f"rollout.engine: {config.engine!r} is not allowed; choose one of {list(ENGINES)}")
         self.config = config
@@ -133,6 +135,7 @@ class RolloutWorker:
         self.dtype = dtype
         self.enable_lora = enable_lora
         self.max_lora_rank = max_lora_rank
+        self.chat_template = chat_template
         self.on_gpu = torch.cuda.is_available()
         self.threads = _set_threads(config.threads)
         self.tokenizer = load_tokenizer(self.model_path)
@@ -151,8 +154,9 @@ class RolloutWorker:
     # ------------------------------------------------------------------ generation
 
     @busy
-    def generate(self, prompts: list[str], sampling: Sampling, group_ids: list[int] | None = None) -> Batch:
-        """`sampling.n` responses to each task prompt, formatted with the chat template.
+    def generate(self, prompts: list, sampling: Sampling, group_ids: list[int] | None = None) -> Batch:
+        """`sampling.n` responses to each prompt (a question, or a list of chat turns), formatted with the chat
+        template (`rlcore.models.loading.format_prompt`).
 
         Rows are prompt-major (the n samples of prompt i are rows i*n .. i*n+n-1);
         `group` is group_ids[i] (default i); `logprobs` are per-token logprobs of
@@ -161,7 +165,7 @@ class RolloutWorker:
         if group_ids is not None and len(group_ids) != len(prompts):
             raise ValueError(f"{len(group_ids)} group ids for {len(prompts)} prompts")
         group_ids = list(range(len(prompts))) if group_ids is None else list(group_ids)
-        prompt_ids = encode_prompts(self.tokenizer, prompts)
+        prompt_ids = encode_prompts(self.tokenizer, prompts, self.chat_template)
         limit = self.max_context - sampling.max_new_tokens
         fits = [i for i, ids in enumerate(prompt_ids) if len(ids) <= limit]
         if len(fits) < len(prompts):  # over-length prompts are skipped; callers count the missing groups

@@ -1,9 +1,11 @@
 """PPO baseline (InstructGPT-style RLHF; Ouyang et al. 2022, Schulman et al. 2017) as a topology of Ray actors.
 
 Four models: the policy (a DeepSpeed learner), a critic (value head on the
-policy's backbone), a frozen reference and a reward (here the task verifier,
-any `RewardConfig.kind` plugs in), plus the vLLM rollout engines that sample
-with the policy's latest weights.
+policy's backbone), a frozen reference and a reward (a task's verifier, a
+reference answer's match, a trained reward model, ...: any `RewardConfig.kind`),
+plus the vLLM rollout engines that sample with the policy's latest weights.
+Prompts come from the `data` section: a built-in task or your own file or
+dataset (rlcore.data.sources).
 
     for each step:
         generate    n responses per prompt with the current policy      (rollout workers)
@@ -18,48 +20,44 @@ Departures from the paper:
 - The old log-probs π_old are the rollout engine's own log-probs of the
   sampled tokens (vLLM; equal to the learner's within ~1e-5 in fp32), not a
   second learner forward pass.
-- No pretraining-mix term (PPO-ptx); rewards are exact verifiers on a
-  synthetic task, so there is no reward-model normalisation either.
+- No pretraining-mix term (PPO-ptx), and no reward-model normalisation.
 """
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field, replace
 from functools import partial
-from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
 from actors.critic import CriticWorker
-from actors.driver import export_policy, generate, greedy_accuracy, push_weights, usage_metrics
+from actors.driver import before_after, evaluate, generate, load_train_eval, push_weights, usage_metrics
 from actors.learner import LearnerWorker
 from actors.reference import ReferenceWorker
 from actors.reward import RewardWorker
 from actors.rollout import RolloutWorker, Sampling
-from rlcore.core import checkpoint, losses
+from rlcore.core import losses
 from rlcore.core.batch import Batch
 from rlcore.core.config import (
     ConfigError,
     CriticConfig,
+    DataConfig,
     LearnerConfig,
     ModelConfig,
     ReferenceConfig,
     RewardConfig,
     RolloutConfig,
-    TaskConfig,
     TrackingConfig,
     check_choice,
     check_range,
-    to_dict,
 )
-from rlcore.core.tracking import PhaseTimer, Tracker, new_run_dir
-from rlcore.data.tasks import get_task
+from rlcore.data.sources import RowStream, task_name
 from rlcore.models.build import build_models
 from rlcore.models.loading import response_logits, response_values, token_logprobs
 from rlcore.runtime.cluster import init_ray
 from rlcore.runtime.group import ActorGroup, gather, with_retries
+from rlcore.runtime.run import Run
 
 
 @dataclass
@@ -68,8 +66,8 @@ class Config:
 
     model: ModelConfig = field(default_factory=lambda: ModelConfig(path="sft:arithmetic"))
     """The policy; `sft:<task>` is the cached SFT warm start."""
-    task: TaskConfig = field(default_factory=TaskConfig)
-    """Where prompts (and the rule reward) come from."""
+    data: DataConfig = field(default_factory=DataConfig)
+    """Prompts (and reference answers) for training and evaluation."""
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     """Rollout engines and training-time sampling."""
     reward: RewardConfig = field(default_factory=RewardConfig)
@@ -111,7 +109,7 @@ class Config:
     whiten_advantages: bool = True
     """Normalise advantages over the batch."""
     eval_every: int = 5
-    """Held-out greedy accuracy every this many steps (and before the first and after the last)."""
+    """Evaluate on data.eval (greedy accuracy, mean reward, samples) every this many steps, first and last."""
     seed: int = 0
     """Seed of sampling and minibatch shuffling (each step's seeds derive from it and the step number)."""
     resume: str = ""
@@ -152,8 +150,10 @@ def build_topology(config: Config) -> Topology:
     return Topology(
         rollout_workers=ActorGroup.from_config(
             RolloutWorker, config.rollout, policy, config.rollout, dtype=config.model.dtype,
-            enable_lora=config.model.lora_rank > 0, max_lora_rank=max(config.model.lora_rank, 1)),
-        reward_workers=ActorGroup.from_config(RewardWorker, config.reward, config.reward, config.task, policy),
+            enable_lora=config.model.lora_rank > 0, max_lora_rank=max(config.model.lora_rank, 1),
+            chat_template=config.data.apply_chat_template),
+        reward_workers=ActorGroup.from_config(RewardWorker, config.reward, config.reward,
+                                              task_name(config.data.train), policy),
         reference=ActorGroup.from_config(
             ReferenceWorker, config.reference, config.reference.path or policy, config.model.dtype,
             config.reference.threads),
@@ -192,52 +192,49 @@ def value_objective(model, batch: Batch, clip_eps: float):
 def train(config: Config) -> dict:
     build_models(config.model.path, config.reference.path, config.critic.path, config.reward.path)
     init_ray()
-    task = get_task(config.task.name, seed=config.task.seed)
-    train_prompts = [e.prompt for e in task.examples("train", config.steps * config.prompts_per_step)]
-    eval_prompts = [e.prompt for e in task.examples("heldout", config.task.eval_size)]
-    run_dir = Path(config.resume) if config.resume else new_run_dir(
-        config.tracking.run_dir, config.tracking.run_name, "ppo")
+    train_data, eval_data = load_train_eval(config.data, config.model.path, config.steps * config.prompts_per_step)
+    prompts_of = RowStream(train_data.rows, config.data.seed, config.data.shuffle)
+    run = Run(config, "ppo", config.resume)
     kl_controller = (losses.AdaptiveKLController(config.kl_coef, config.kl_target, config.kl_horizon)
                      if config.kl_target > 0 else losses.FixedKLController(config.kl_coef))
-    timer = PhaseTimer()
-    start = time.time()
     topology = build_topology(config)
     resync = partial(push_weights, topology.learner, topology.rollout_workers)
     retries = config.rollout.max_restarts
+
+    def evaluation(step: int) -> dict:
+        with run.timer.phase("eval"):
+            metrics, samples = evaluate(topology.rollout_workers, topology.reward_workers, eval_data, config.reward,
+                                        config.rollout.max_new_tokens, config.data.samples_logged)
+        run.log_samples(samples, step)
+        return {**metrics, **usage_metrics(topology.roles())}  # actor-seconds spent to reach this accuracy
+
     try:
-        first_step, first_accuracy = 1, None
-        if config.resume:
-            folder, state = checkpoint.latest(run_dir)
-            gather(topology.learner.map(LearnerWorker.load, str(folder / "policy")))
-            gather(topology.critic.map(CriticWorker.load, str(folder / "critic")))
+        state = run.restore(policy=topology.learner, critic=topology.critic)
+        if state:
             resync()
-            kl_controller.value, first_step, first_accuracy = state["kl_coef"], state["step"] + 1, state["accuracy0"]
-            checkpoint.truncate_metrics(run_dir, state["step"])
-        tracker = Tracker(run_dir, to_dict(config), config.tracking.wandb, config.tracking.wandb_mode,
-                          config.tracking.project)
-        if first_accuracy is None:
-            with timer.phase("eval"):
-                first_accuracy = greedy_accuracy(topology.rollout_workers, task, eval_prompts,
-                                                 config.rollout.max_new_tokens)
-            tracker.log({"heldout_accuracy": first_accuracy, **timer.pop(), **usage_metrics(topology.roles())}, step=0)
-        accuracy = first_accuracy
-        progress = tqdm(range(first_step, config.steps + 1), desc="ppo", unit="step")
+            kl_controller.value, first = state["kl_coef"], state["first_eval"]
+        else:
+            first = evaluation(0)
+            run.log({**first, "data/skipped": sum(train_data.skipped.values())}, step=0)
+        last = first
+        progress = tqdm(range(state["step"] + 1 if state else 1, config.steps + 1), desc="ppo", unit="step")
         for step in progress:
-            prompts = train_prompts[(step - 1) * config.prompts_per_step : step * config.prompts_per_step]
+            rows = prompts_of.take(step, config.prompts_per_step)
             step_seed = config.seed * 1_000_003 + step  # samples and minibatches depend on the step alone
             sampling = replace(Sampling.from_config(config.rollout), seed=step_seed)
-            with timer.phase("generate"):
-                batch = with_retries(lambda: generate(topology.rollout_workers, prompts, sampling),
+            with run.timer.phase("generate"):
+                batch = with_retries(lambda: generate(topology.rollout_workers, [r["prompt"] for r in rows],
+                                                      sampling, [r["answer"] for r in rows]),
                                      retries, "generate", resync)
-            with timer.phase("reward"):
+            with run.timer.phase("reward"):
                 scores = torch.cat([s.rewards for s in with_retries(
                     lambda: gather(topology.reward_workers.shard(RewardWorker.score, batch)), retries, "reward")])
-            with timer.phase("reference"):
+            with run.timer.phase("reference"):
                 batch.ref_logprobs = torch.cat(with_retries(
                     lambda: gather(topology.reference.shard(ReferenceWorker.logprobs, batch)), retries, "reference"))
-            with timer.phase("values"):
+            with run.timer.phase("values"):
                 batch.values = torch.cat(gather(topology.critic.shard(CriticWorker.values, batch)))
-            with timer.phase("advantages"):
+            with run.timer.phase("advantages"):
                 batch.rewards = scores
                 token_rewards = losses.kl_penalized_rewards(
                     scores, batch.logprobs, batch.ref_logprobs, batch.response_mask, kl_controller.value,
@@ -248,7 +245,7 @@ def train(config: Config) -> dict:
                     batch.advantages = losses.masked_whiten(batch.advantages, batch.response_mask)
                 kl = losses.masked_mean(losses.kl_k1(batch.logprobs, batch.ref_logprobs), batch.response_mask)
                 kl_controller.update(float(kl), len(batch))
-            with timer.phase("update"):
+            with run.timer.phase("update"):
                 policy_stats, value_stats = [], []
                 generator = torch.Generator().manual_seed(step_seed)
                 for _ in range(config.ppo_epochs):
@@ -261,7 +258,7 @@ def train(config: Config) -> dict:
                             partial(value_objective, clip_eps=config.value_clip_eps))
                         policy_stats += gather(policy_refs)
                         value_stats += gather(value_refs)
-            with timer.phase("sync"):
+            with run.timer.phase("sync"):
                 with_retries(resync, retries, "sync")
             metrics = {
                 "reward": scores.mean().item(),
@@ -270,40 +267,30 @@ def train(config: Config) -> dict:
                 "response_length": batch.response_mask.sum(1).mean().item(),
                 "explained_variance": float(losses.explained_variance(batch.values, batch.returns,
                                                                       batch.response_mask)),
+                "data/passes": prompts_of.passes(step, config.prompts_per_step),
+                "tokens_per_s": batch.response_mask.sum().item() / max(run.timer.seconds.get("generate", 0), 1e-9),
                 **{f"policy/{k}": _mean(policy_stats, k) for k in policy_stats[0]},
                 **{f"critic/{k}": _mean(value_stats, k) for k in value_stats[0]},
             }
             if step % config.eval_every == 0 or step == config.steps:
-                with timer.phase("eval"):
-                    accuracy = greedy_accuracy(topology.rollout_workers, task, eval_prompts,
-                                               config.rollout.max_new_tokens)
-                metrics["heldout_accuracy"] = accuracy
-                metrics.update(usage_metrics(topology.roles()))  # actor-seconds spent to reach this accuracy
-            every = config.tracking.checkpoint_every
-            if (every and step % every == 0) or step == config.steps:
-                with timer.phase("checkpoint"):
-                    folder = checkpoint.checkpoint_dir(run_dir, step)
-                    gather(topology.learner.map(LearnerWorker.save, str(folder / "policy"))
-                           + topology.critic.map(CriticWorker.save, str(folder / "critic")))
-                    export_policy(topology.learner, run_dir, step)
-                    checkpoint.commit(run_dir, step, {"kl_coef": kl_controller.value, "accuracy0": first_accuracy,
-                                                      "prompts_used": step * config.prompts_per_step})
-            times = timer.pop()
-            metrics["tokens_per_s"] = batch.response_mask.sum().item() / max(times.get("time/generate", 1e-9), 1e-9)
-            tracker.log({**metrics, **times}, step=step)
-            progress.set_postfix(reward=f"{metrics['reward']:.2f}", acc=f"{accuracy:.2f}", kl=f"{metrics['kl']:.3f}")
-        model_path = export_policy(topology.learner, run_dir)
+                last = evaluation(step)
+                metrics.update(last)
+            run.checkpoint(step, config.steps, {"kl_coef": kl_controller.value, "first_eval": first},
+                           policy=topology.learner, critic=topology.critic)
+            run.log(metrics, step)
+            progress.set_postfix(reward=f"{metrics['reward']:.2f}", kl=f"{metrics['kl']:.3f}",
+                                 acc=f"{last.get('heldout_accuracy', float('nan')):.2f}")
         final_usage = usage_metrics(topology.roles())
-        tracker.log(final_usage, step=config.steps)
-        tracker.close()
+        model_path = run.finish(topology.learner, final_usage, config.steps)
     finally:
+        run.close()
         topology.kill()
-    result = {"algorithm": "ppo", "run_dir": str(run_dir), "model_path": model_path, "steps": config.steps,
-              "heldout_accuracy_before": first_accuracy, "heldout_accuracy_after": accuracy,
-              "wall_seconds": round(time.time() - start, 1), **final_usage}
-    print(f"PPO on {config.task.name}: held-out greedy accuracy {first_accuracy:.1%} -> {accuracy:.1%} "
-          f"after {config.steps} steps; {result['wall_seconds']:.0f} s this run; metrics in {run_dir}/metrics.jsonl; "
-          f"model in {model_path}")
+    result = {"algorithm": "ppo", "run_dir": str(run.run_dir), "model_path": model_path, "steps": config.steps,
+              **{f"{k}_before": v for k, v in first.items() if k.startswith("heldout")},
+              **{f"{k}_after": v for k, v in last.items() if k.startswith("heldout")},
+              "wall_seconds": run.seconds, **final_usage}
+    print(f"PPO on {config.data.train}: {before_after(result)} after {config.steps} steps; {run.seconds:.0f} s this "
+          f"run; metrics in {run.run_dir}/metrics.jsonl; model in {model_path}")
     return result
 
 

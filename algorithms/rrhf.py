@@ -26,9 +26,10 @@ Departures from the paper:
 - Sampling: the paper uses beam search, diverse beam search and top-p; here
   "policy" is temperature sampling and "diverse" one sample at each of
   `diverse_temperatures` (0, greedy, stands in for beam search).
-- Dataset responses are the task's exact answer ("chosen") and a plausible
-  wrong one ("rejected"), standing in for Anthropic-HH's chosen / rejected.
-  Text responses (data, a second model's) are tokenised with the policy's
+- Dataset responses ("chosen", "rejected") are the data's preference columns
+  (data.chosen_key / rejected_key: e.g. Anthropic-HH's chosen / rejected); a
+  built-in task gives its exact answer and a plausible wrong one. Text
+  responses (data, a second model's) are tokenised with the policy's
   tokenizer and closed by eos.
 - Identical responses to one query are kept once (`dedupe`), and queries whose
   responses all score the same are dropped (`drop_tied`): with 0/1 verifier
@@ -39,14 +40,13 @@ Departures from the paper:
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field, replace
 from functools import partial
 
 import torch
 from tqdm import tqdm
 
-from actors.driver import export_policy, generate, greedy_accuracy, push_weights, usage_metrics
+from actors.driver import before_after, evaluate, generate, load_train_eval, push_weights, usage_metrics
 from actors.learner import LearnerWorker
 from actors.reward import RewardWorker
 from actors.rollout import RolloutWorker, Sampling
@@ -54,23 +54,21 @@ from rlcore.core import losses
 from rlcore.core.batch import Batch, make_batch
 from rlcore.core.config import (
     ConfigError,
+    DataConfig,
     LearnerConfig,
     ModelConfig,
     RewardConfig,
     RolloutConfig,
-    TaskConfig,
     TrackingConfig,
     check_choice,
     check_range,
-    to_dict,
 )
-from rlcore.core.tracking import PhaseTimer, Tracker, new_run_dir
-from rlcore.data.sources import load_rows
-from rlcore.data.tasks import get_task
+from rlcore.data.sources import Data, DataError, RowStream, load_rows, task_name
 from rlcore.models.build import build_models
 from rlcore.models.loading import encode_prompts, load_tokenizer, response_logits, token_logprobs
 from rlcore.runtime.cluster import init_ray
-from rlcore.runtime.group import ActorGroup, gather
+from rlcore.runtime.group import ActorGroup, gather, with_retries
+from rlcore.runtime.run import Run
 
 SOURCES = ("policy", "diverse", "chosen", "rejected", "second_model", "data")
 
@@ -89,8 +87,8 @@ class Config:
 
     model: ModelConfig = field(default_factory=lambda: ModelConfig(path="sft:arithmetic"))
     """The policy; `sft:<task>` is the cached SFT warm start."""
-    task: TaskConfig = field(default_factory=TaskConfig)
-    """Where queries, the rule reward and the held-out evaluation come from."""
+    data: DataConfig = field(default_factory=DataConfig)
+    """Queries (with chosen / rejected responses for those sources) and the held-out evaluation."""
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     """Policy rollout engines; source "policy" samples rollout.n_samples per query at rollout.temperature."""
     second_model: SecondModelConfig = field(default_factory=SecondModelConfig)
@@ -125,9 +123,11 @@ class Config:
     drop_tied: bool = True
     """Drop queries whose responses all score the same."""
     eval_every: int = 5
-    """Greedy accuracy (held-out and on the first training queries) every this many rounds, first and last."""
+    """Evaluate (data.eval, and the first training queries) every this many rounds, first and last."""
     seed: int = 0
-    """Seed of the minibatch order."""
+    """Seed of sampling and the minibatch order (each round's seeds derive from it and the round number)."""
+    resume: str = ""
+    """A run folder to continue from its latest checkpoint (same config otherwise)."""
 
     def __post_init__(self) -> None:
         for index, source in enumerate(self.sources):
@@ -178,12 +178,14 @@ def build_topology(config: Config) -> Topology:
     return Topology(
         rollout_workers=ActorGroup.from_config(
             RolloutWorker, config.rollout, policy, config.rollout, dtype=config.model.dtype,
-            enable_lora=config.model.lora_rank > 0, max_lora_rank=max(config.model.lora_rank, 1)),
+            enable_lora=config.model.lora_rank > 0, max_lora_rank=max(config.model.lora_rank, 1),
+            chat_template=config.data.apply_chat_template),
         second_model=ActorGroup.from_config(
             RolloutWorker, config.second_model, config.second_model.path, config.second_model,
-            dtype=config.model.dtype) if "second_model" in config.sources else ActorGroup(RolloutWorker, 0),
+            dtype=config.model.dtype, chat_template=config.data.apply_chat_template,
+        ) if "second_model" in config.sources else ActorGroup(RolloutWorker, 0),
         reward_workers=ActorGroup.from_config(
-            RewardWorker, config.reward, config.reward, config.task, policy
+            RewardWorker, config.reward, config.reward, task_name(config.data.train), policy
         ) if "data" not in config.sources else ActorGroup(RewardWorker, 0),
         learner=ActorGroup.from_config(
             LearnerWorker, config.learner, policy, config.model, config.learner, distributed=True,
@@ -218,10 +220,11 @@ def rank_accuracy(scores: torch.Tensor, batch: Batch) -> torch.Tensor:
 # ---------------------------------------------------------------------------- responses and queries
 
 
-def text_responses(tokenizer, prompts: list[str], responses: list[str], groups: list[int], source: str) -> Batch:
+def text_responses(tokenizer, prompts: list, responses: list[str], groups: list[int], source: str,
+                   chat_template: bool = True) -> Batch:
     """Responses given as text, tokenised with the policy's tokenizer and closed by eos."""
     return make_batch(
-        prompt_ids=encode_prompts(tokenizer, prompts),
+        prompt_ids=encode_prompts(tokenizer, prompts, chat_template),
         response_ids=[tokenizer(r, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
                       for r in responses],
         pad_token_id=tokenizer.pad_token_id,
@@ -230,37 +233,41 @@ def text_responses(tokenizer, prompts: list[str], responses: list[str], groups: 
     )
 
 
-def sample_responses(topology: Topology, config: Config, tokenizer, rows: list[dict]) -> Batch:
-    """Every source's responses to the queries `rows`: group = the query's index, rows sorted by query."""
+def sample_responses(topology: Topology, config: Config, tokenizer, rows: list[dict], seed: int = 0) -> Batch:
+    """Every source's responses to the queries `rows`: group = the query's index, rows sorted by query, each
+    carrying its query's reference answer when the rows have one. Sampling is seeded by `seed`."""
     prompts = [row["prompt"] for row in rows]
     queries = list(range(len(rows)))
     parts = []
+    texts = partial(text_responses, tokenizer, chat_template=config.data.apply_chat_template)
 
     def sampled(batch: Batch, source: str) -> Batch:  # RRHF has no importance ratio: drop the behaviour logprobs
         return replace(batch, logprobs=None, info={**batch.info, "source": [source] * len(batch)})
 
     if "data" in config.sources:
         pairs = [(i, j) for i in queries for j in range(len(rows[i]["responses"]))]
-        parts.append(text_responses(tokenizer, [prompts[i] for i, _ in pairs],
-                                    [rows[i]["responses"][j] for i, j in pairs], [i for i, _ in pairs], "data"))
+        parts.append(texts([prompts[i] for i, _ in pairs], [rows[i]["responses"][j] for i, j in pairs],
+                           [i for i, _ in pairs], "data"))
         parts[-1].rewards = torch.tensor([float(rows[i]["scores"][j]) for i, j in pairs])
     if "policy" in config.sources:
-        sampling = Sampling.from_config(config.rollout)
+        sampling = replace(Sampling.from_config(config.rollout), seed=seed)
         parts.append(sampled(generate(topology.rollout_workers, prompts, sampling), "policy"))
     if "diverse" in config.sources:
-        for temperature in config.diverse_temperatures:
+        for index, temperature in enumerate(config.diverse_temperatures, start=1):
             sampling = Sampling(n=1, temperature=temperature, top_p=config.rollout.top_p,
-                                max_new_tokens=config.rollout.max_new_tokens)
+                                max_new_tokens=config.rollout.max_new_tokens, seed=seed + 7919 * index)
             parts.append(sampled(generate(topology.rollout_workers, prompts, sampling), f"diverse_t{temperature:g}"))
     if "second_model" in config.sources:
-        other = generate(topology.second_model, prompts, Sampling.from_config(config.second_model))
-        parts.append(text_responses(tokenizer, other.info["prompt"], other.info["response"], other.group.tolist(),
-                                    "second_model"))
+        other = generate(topology.second_model, prompts, replace(Sampling.from_config(config.second_model), seed=seed))
+        parts.append(texts(other.info["prompt"], other.info["response"], other.group.tolist(), "second_model"))
     for source in ("chosen", "rejected"):
         if source in config.sources:
-            parts.append(text_responses(tokenizer, prompts, [row[source] for row in rows], queries, source))
+            parts.append(texts(prompts, [row[source] for row in rows], queries, source))
     batch = Batch.cat(parts)
-    return batch.select(torch.argsort(batch.group, stable=True))
+    batch = batch.select(torch.argsort(batch.group, stable=True))
+    if all(row.get("answer") is not None for row in rows):
+        batch.info["answer"] = [rows[g]["answer"] for g in batch.group.tolist()]
+    return batch
 
 
 def dedupe_responses(batch: Batch) -> Batch:
@@ -319,86 +326,110 @@ def probe(learner: ActorGroup[LearnerWorker], batch: Batch, config: Config) -> d
 def train(config: Config) -> dict:
     build_models(config.model.path, config.reward.path, config.second_model.path)
     init_ray()
-    generator = torch.Generator().manual_seed(config.seed)
-    task = get_task(config.task.name, seed=config.task.seed)
     tokenizer = load_tokenizer(config.model.path)
+    train_data, eval_data = load_train_eval(config.data, config.model.path, config.rounds * config.prompts_per_round)
+    rows = train_data.rows
     if "data" in config.sources:
         rows = [{"prompt": row["query"], **row} for row in load_rows(config.data_path, "rankings").rows]
-    else:
-        rows = task.preference_pairs("train", config.rounds * config.prompts_per_round, config.task.seed)
+    check_columns(rows, config.sources, train_data.source)
     per_round = len(rows) if "data" in config.sources else config.prompts_per_round
-    eval_sets = {"heldout": [e.prompt for e in task.examples("heldout", config.task.eval_size)],
-                 "train": [r["prompt"] for r in rows[: config.task.eval_size] if task.is_well_formed(r["prompt"])]}
-    run_dir = new_run_dir(config.tracking.run_dir, config.tracking.run_name, "rrhf")
-    tracker = Tracker(run_dir, to_dict(config), config.tracking.wandb, config.tracking.wandb_mode,
-                      config.tracking.project)
-    timer = PhaseTimer()
-    start = time.time()
+    queries_of = RowStream(rows, config.data.seed, config.data.shuffle and "data" not in config.sources)
+    train_eval = Data([{**row, "answer": row.get("answer")} for row in rows[: config.data.eval_size]
+                       if eval_data.task is None or eval_data.task.is_well_formed(row["prompt"])],
+                      "train", eval_data.task)
+    run = Run(config, "rrhf", config.resume)
     topology = build_topology(config)
+    retries = config.rollout.max_restarts
+    resync = partial(push_weights, topology.learner, topology.rollout_workers)
 
-    def evaluate() -> dict[str, float]:
-        """Greedy accuracy on the held-out and the first training queries (none without rollout workers)."""
-        return {f"{name}_accuracy": greedy_accuracy(topology.rollout_workers, task, prompts,
-                                                     config.rollout.max_new_tokens)
-                for name, prompts in eval_sets.items() if prompts and len(topology.rollout_workers)}
+    def evaluation(step: int) -> dict[str, float]:
+        """The held-out rows (accuracy, reward, samples) and the first training queries (accuracy); nothing
+        without rollout workers."""
+        if not len(topology.rollout_workers):
+            return {}
+        with run.timer.phase("eval"):
+            metrics, samples = evaluate(topology.rollout_workers, topology.reward_workers, eval_data, config.reward,
+                                        config.rollout.max_new_tokens, config.data.samples_logged)
+            if train_eval.rows:
+                metrics.update(evaluate(topology.rollout_workers, ActorGroup(RewardWorker, 0), train_eval,
+                                        config.reward, config.rollout.max_new_tokens, prefix="train")[0])
+        run.log_samples(samples, step)
+        return metrics
 
-    updates, probe_batch, probe_before, probe_after = 0, None, {}, {}
     try:
-        with timer.phase("eval"):
-            first_accuracy = accuracy = evaluate()
-        tracker.log({**accuracy, **timer.pop(), **usage_metrics(topology.roles())}, step=0)
-        progress = tqdm(range(1, config.rounds + 1), desc="rrhf", unit="round")
+        state = run.restore(policy=topology.learner)
+        if state:
+            if len(topology.rollout_workers):
+                resync()
+            first, updates, probe_before = state["first_eval"], state["updates"], state["probe_before"]
+        else:
+            first, updates, probe_before = evaluation(0), 0, {}
+            run.log({**first, **usage_metrics(topology.roles())}, step=0)
+        last, probe_batch, probe_after = first, None, {}
+        progress = tqdm(range(state["step"] + 1 if state else 1, config.rounds + 1), desc="rrhf", unit="round")
         for round_ in progress:
-            with timer.phase("sample"):
-                candidates = sample_responses(topology, config, tokenizer,
-                                              rows[(round_ - 1) * per_round : round_ * per_round])
-            with timer.phase("score"):
+            round_seed = config.seed * 1_000_003 + round_  # samples and minibatches depend on the round alone
+            with run.timer.phase("sample"):
+                candidates = with_retries(lambda: sample_responses(
+                    topology, config, tokenizer, queries_of.take(round_, per_round), round_seed),
+                    retries, "sample", resync)
+            with run.timer.phase("score"):
                 if candidates.rewards is None:
-                    candidates.rewards = torch.cat([s.rewards for s in gather(
-                        topology.reward_workers.shard(RewardWorker.score, candidates))]).float()
-            with timer.phase("filter"):
+                    candidates.rewards = torch.cat([s.rewards for s in with_retries(
+                        lambda: gather(topology.reward_workers.shard(RewardWorker.score, candidates)),
+                        retries, "score")]).float()
+            with run.timer.phase("filter"):
                 batch = dedupe_responses(candidates) if config.dedupe else candidates
                 batch = drop_tied_queries(batch) if config.drop_tied else batch
             num_queries = len(batch.group.unique())
-            if probe_batch is None and num_queries:
+            if not probe_before and num_queries:
                 probe_batch, probe_before = batch, probe(topology.learner, batch, config)
-            with timer.phase("update"):
-                stats = update(topology.learner, batch, config, generator)
+            with run.timer.phase("update"):
+                stats = update(topology.learner, batch, config, torch.Generator().manual_seed(round_seed))
                 updates += len(stats) // len(topology.learner)
             if len(topology.rollout_workers):
-                with timer.phase("sync"):
-                    push_weights(topology.learner, topology.rollout_workers)
+                with run.timer.phase("sync"):
+                    with_retries(resync, retries, "sync")
             metrics = {"reward": candidates.rewards.mean().item(), "queries": num_queries, "updates": updates,
                        "responses_per_query": len(batch) / max(1, num_queries),
                        **{f"reward/{source}": _mean_reward(candidates, source)
                           for source in dict.fromkeys(candidates.info["source"])},
                        **{key: _mean(stats, key) for key in (stats[0] if stats else {}) if key != "version"}}
             if round_ % config.eval_every == 0 or round_ == config.rounds:
-                with timer.phase("eval"):
-                    accuracy = evaluate()
-                metrics.update(accuracy)
-                metrics.update(usage_metrics(topology.roles()))  # actor-seconds spent to reach this accuracy
-            tracker.log({**metrics, **timer.pop()}, step=round_)
+                last = evaluation(round_)
+                metrics.update({**last, **usage_metrics(topology.roles())})  # actor-seconds to reach it
+            run.checkpoint(round_, config.rounds, {"first_eval": first, "updates": updates,
+                                                    "probe_before": probe_before}, policy=topology.learner)
+            run.log(metrics, round_)
             progress.set_postfix(reward=f"{metrics['reward']:.2f}", loss=f"{metrics.get('loss', 0):.3f}",
-                                 acc=f"{accuracy.get('heldout_accuracy', float('nan')):.2f}")
+                                 acc=f"{last.get('heldout_accuracy', float('nan')):.2f}")
         if probe_batch is not None:
             probe_after = probe(topology.learner, probe_batch, config)
-        model_path = export_policy(topology.learner, run_dir)
         final_usage = usage_metrics(topology.roles())
+        model_path = run.finish(topology.learner)
     finally:
+        run.close()
         topology.kill()
-        tracker.close()
-    result = {"algorithm": "rrhf", "run_dir": str(run_dir), "model_path": model_path, "rounds": config.rounds,
+    result = {"algorithm": "rrhf", "run_dir": str(run.run_dir), "model_path": model_path, "rounds": config.rounds,
               "updates": updates,
-              **{f"{k}_before": v for k, v in first_accuracy.items()}, **{f"{k}_after": v for k, v in accuracy.items()},
+              **{f"{k}_before": v for k, v in first.items()}, **{f"{k}_after": v for k, v in last.items()},
               **{f"first_round_{k}_before": v for k, v in probe_before.items()},
               **{f"first_round_{k}_after": v for k, v in probe_after.items()},
-              "wall_seconds": round(time.time() - start, 1), **final_usage}
-    before, after = (result.get(f"heldout_accuracy_{when}", float("nan")) for when in ("before", "after"))
-    print(f"RRHF on {config.task.name}: held-out greedy accuracy {before:.1%} -> {after:.1%} after {config.rounds} "
-          f"rounds ({updates} updates); {result['wall_seconds']:.0f} s; metrics in {run_dir}/metrics.jsonl; "
-          f"model in {model_path}")
+              "wall_seconds": run.seconds, **final_usage}
+    print(f"RRHF on {train_data.source if 'data' not in config.sources else config.data_path}: {before_after(result)} "
+          f"after {config.rounds} rounds ({updates} updates); {run.seconds:.0f} s; metrics in "
+          f"{run.run_dir}/metrics.jsonl; model in {model_path}")
     return result
+
+
+def check_columns(rows: list[dict], sources: list[str], source: str) -> None:
+    """The dataset sources need their columns in every row: a clear error naming the first row without."""
+    for column in ("chosen", "rejected"):
+        if column in sources:
+            missing = [i for i, row in enumerate(rows) if not row.get(column)]
+            if missing:
+                raise DataError(f"{source}: sources has {column!r} but row {missing[0]} (of {len(missing)}) has no "
+                                f"{column} response (data.{column}_key names its column)")
 
 
 def _mean_reward(batch: Batch, source: str) -> float:

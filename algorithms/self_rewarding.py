@@ -58,14 +58,13 @@ from __future__ import annotations
 
 import json
 import random
-import time
 from dataclasses import dataclass, field, replace
 from functools import partial
 
 import torch
 from tqdm import tqdm
 
-from actors.driver import export_policy, generate, greedy_accuracy, push_weights, usage_metrics
+from actors.driver import generate, greedy_accuracy, push_weights, usage_metrics
 from actors.learner import LearnerWorker
 from actors.rollout import RolloutWorker, Sampling
 from algorithms.self_rewarding_seed import (
@@ -82,22 +81,23 @@ from algorithms.self_rewarding_seed import (
 from rlcore.core import losses
 from rlcore.core.batch import Batch
 from rlcore.core.config import (
+    ConfigError,
+    DataConfig,
     LearnerConfig,
     ModelConfig,
     RolloutConfig,
-    TaskConfig,
     TrackingConfig,
     check_choice,
     check_range,
-    to_dict,
 )
-from rlcore.core.tracking import PhaseTimer, Tracker, new_run_dir
+from rlcore.data.sources import task_name
 from rlcore.data.tasks import get_task, split_of
 from rlcore.models.build import build_model
 from rlcore.models.loading import response_logits, token_logprobs
 from rlcore.rewards.judge import average_scores, judge_prompt
 from rlcore.runtime.cluster import init_ray
-from rlcore.runtime.group import ActorGroup, gather
+from rlcore.runtime.group import ActorGroup, gather, with_retries
+from rlcore.runtime.run import Run
 
 
 @dataclass
@@ -108,8 +108,8 @@ class Config:
     """The base model M0 is fine-tuned from (or M0 itself when seed_model.enabled is false)."""
     seed_model: SeedConfig = field(default_factory=SeedConfig)
     """IFT + EFT fine-tuning that makes M0 (cached on disk)."""
-    task: TaskConfig = field(default_factory=TaskConfig)
-    """Seed prompts, the verifier (for evaluation only) and held-out prompts."""
+    data: DataConfig = field(default_factory=DataConfig)
+    """A task:<name> source: seed prompts, the verifier (for evaluation only) and held-out prompts."""
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     """Rollout engines; n_samples, temperature and top_p are the candidates' sampling (N = 4 in the paper)."""
     learner: LearnerConfig = field(default_factory=lambda: LearnerConfig(lr=2e-4))
@@ -147,7 +147,10 @@ class Config:
     judge_eval_prompts: int = 128
     """Held-out prompts whose M0 candidates form the fixed judge-evaluation set."""
     seed: int = 0
-    """Seed of few-shot draws, pair order and the judge-evaluation candidates."""
+    """Seed of few-shot draws, sampling, pair order and the judge-evaluation candidates (each iteration's
+    seeds derive from it and the iteration number)."""
+    resume: str = ""
+    """A run folder to continue from its latest checkpoint (one per iteration; same config otherwise)."""
 
     def __post_init__(self) -> None:
         check_choice("loss", self.loss, sorted(losses.PREFERENCE_LOSSES))
@@ -158,6 +161,9 @@ class Config:
         check_range("rollout.n_samples", self.rollout.n_samples, 2)  # best vs worst needs two candidates
         for role in ("rollout", "learner"):
             check_range(f"{role}.num_workers", getattr(self, role).num_workers, 1)
+        if task_name(self.data.train) is None:
+            raise ConfigError(f"data.train: self-rewarding writes its prompts from a built-in task and evaluates "
+                              f"with its verifier; name one as task:<name>, got {self.data.train!r}")
 
 
 @dataclass
@@ -206,9 +212,11 @@ def preference_objective(model, pairs: Batch, loss: str, beta: float, nll_weight
 # ---------------------------------------------------------------------------- steps of an iteration
 
 
-def write_prompts(rollout_workers, task, requests: list[str], config: Config) -> tuple[list[str], dict]:
+def write_prompts(rollout_workers, task, requests: list[str], config: Config, seed: int | None = None
+                  ) -> tuple[list[str], dict]:
     """Self-instruction: one new prompt per request; malformed, duplicate and held-out prompts are dropped."""
-    sampling = Sampling(temperature=config.prompt_temperature, max_new_tokens=config.prompt_max_tokens, stop=["\n"])
+    sampling = Sampling(temperature=config.prompt_temperature, max_new_tokens=config.prompt_max_tokens, stop=["\n"],
+                        seed=seed)
     written = [r.strip() for r in generate(rollout_workers, requests, sampling).info["response"]]
     kept, counts = {}, {"written": len(written), "malformed": 0, "duplicate": 0, "heldout": 0}
     for prompt in written:
@@ -221,7 +229,8 @@ def write_prompts(rollout_workers, task, requests: list[str], config: Config) ->
     return list(kept), {**counts, "kept": len(kept)}
 
 
-def self_judge(rollout_workers, prompts: list[str], responses: list[str], config: Config) -> tuple[list, int]:
+def self_judge(rollout_workers, prompts: list[str], responses: list[str], config: Config, seed: int | None = None
+               ) -> tuple[list, int]:
     """LLM-as-a-Judge with the current weights: `judge_samples` judgements per response, parsed and averaged.
 
     Returns one averaged score per response (None when no judgement parsed) and the number of malformed judgements.
@@ -229,7 +238,7 @@ def self_judge(rollout_workers, prompts: list[str], responses: list[str], config
     template = JUDGE_TEMPLATES[config.seed_model.template]
     requests = [judge_prompt(p, r, template) for p, r in zip(prompts, responses)]
     sampling = Sampling(n=config.judge_samples, temperature=config.judge_temperature,
-                        max_new_tokens=config.judge_max_tokens)
+                        max_new_tokens=config.judge_max_tokens, seed=seed)
     judgements = generate(rollout_workers, requests, sampling).info["response"]
     k = config.judge_samples
     parsed = [judge_score(config.seed_model.template, text, responses[i // k])
@@ -241,90 +250,105 @@ def self_judge(rollout_workers, prompts: list[str], responses: list[str], config
 
 
 def train(config: Config) -> dict:
-    start = time.time()
-    task = get_task(config.task.name, seed=config.task.seed)
+    task = get_task(task_name(config.data.train), seed=config.data.seed)
     seed_path, seed_stats = ((build_model(config.model.path), {}) if not config.seed_model.enabled else
-                             seed_checkpoint(config.model.path, config.task.name, config.seed_model))
+                             seed_checkpoint(config.model.path, task.name, config.seed_model))
     init_ray()
-    rng = random.Random(config.seed)
-    generator = torch.Generator().manual_seed(config.seed)
     seed_prompts = task.few_shot_prompts(config.seed_prompts, config.seed)
-    eval_prompts = [e.prompt for e in task.examples("heldout", config.task.eval_size)]
-    judge_eval_prompts = eval_prompts[: config.judge_eval_prompts]
-    run_dir = new_run_dir(config.tracking.run_dir, config.tracking.run_name, "self_rewarding")
-    tracker = Tracker(run_dir, to_dict(config), config.tracking.wandb, config.tracking.wandb_mode,
-                      config.tracking.project)
+    eval_prompts = [e.prompt for e in task.examples("heldout", config.data.eval_size)]
     multiple = config.learner.num_workers * config.learner.grad_accumulation
     objective = partial(preference_objective, loss=config.loss, beta=config.beta, nll_weight=config.nll_weight)
-    timer = PhaseTimer()
+    run = Run(config, "self_rewarding", config.resume)
     topology = build_topology(config, seed_path)
-    table = []
+    retries = config.rollout.max_restarts
+    resync = partial(push_weights, topology.learner, topology.rollout_workers)
     try:
-        with timer.phase("eval"):
-            judge_set = generate(topology.rollout_workers, judge_eval_prompts,
-                                 replace(Sampling.from_config(config.rollout), seed=config.seed))
-            judge_truth = [verifier_score(task, p, r) for p, r in zip(judge_set.info["prompt"],
-                                                                      judge_set.info["response"])]
-            table.append(evaluate(topology, task, eval_prompts, judge_set, judge_truth, config, "M0"))
-        tracker.log({**table[-1], **timer.pop(), **usage_metrics(topology.roles())}, step=0)
-        print_row(table[-1], header=True)
-        for iteration in tqdm(range(1, config.iterations + 1), desc="self-rewarding", unit="iteration"):
-            with timer.phase("self_instruct"):
+        state = run.restore(policy=topology.learner)
+        if state:
+            resync()
+            judge_set, table = state["judge_set"], state["table"]
+        else:
+            with run.timer.phase("eval"):
+                judge_set = judge_eval_set(topology, task, eval_prompts[: config.judge_eval_prompts], config)
+                table = [evaluate(topology, task, eval_prompts, judge_set, config, "M0")]
+            run.log({**table[-1], **usage_metrics(topology.roles())}, step=0)
+        print_row(table[0], header=True)
+        for row in table[1:]:
+            print_row(row)
+        first = state["step"] + 1 if state else 1
+        for iteration in tqdm(range(first, config.iterations + 1), desc="self-rewarding", unit="iteration"):
+            seed = config.seed * 1_000_003 + iteration  # samples, few-shot draws and pair order: the iteration's
+            rng = random.Random(seed)
+            with run.timer.phase("self_instruct"):
                 requests = [self_instruct_prompt(rng.sample(seed_prompts, config.seed_model.shots))
                             for _ in range(config.new_prompts)]
-                prompts, prompt_counts = write_prompts(topology.rollout_workers, task, requests, config)
-            with timer.phase("candidates"):
-                candidates = generate(topology.rollout_workers, prompts, Sampling.from_config(config.rollout))
-            with timer.phase("judge"):
-                scores, malformed = self_judge(topology.rollout_workers, candidates.info["prompt"],
-                                               candidates.info["response"], config)
-            with timer.phase("pairs"):
+                prompts, prompt_counts = with_retries(
+                    lambda: write_prompts(topology.rollout_workers, task, requests, config, seed),
+                    retries, "self_instruct", resync)
+            with run.timer.phase("candidates"):
+                candidates = with_retries(lambda: generate(
+                    topology.rollout_workers, prompts, replace(Sampling.from_config(config.rollout), seed=seed)),
+                    retries, "candidates", resync)
+            with run.timer.phase("judge"):
+                scores, malformed = with_retries(lambda: self_judge(
+                    topology.rollout_workers, candidates.info["prompt"], candidates.info["response"], config, seed),
+                    retries, "judge", resync)
+            with run.timer.phase("pairs"):
                 rows, pair_counts = best_vs_worst(candidates, scores, config.min_margin)
                 pairs = candidates.select(rows)
                 pairs.ref_logprobs = pairs.logprobs  # log π_{M_{t-1}}, returned while sampling
-            with timer.phase("dpo"):
-                stats = []
+            with run.timer.phase("dpo"):
+                stats, generator = [], torch.Generator().manual_seed(seed)
                 for _ in range(config.epochs):
                     for minibatch in pair_minibatches(pairs, config.pairs_per_step, multiple, generator):
                         stats += gather(topology.learner.shard(LearnerWorker.train_step, minibatch, objective))
-            with timer.phase("sync"):
-                push_weights(topology.learner, topology.rollout_workers)
-            with timer.phase("eval"):
-                row = evaluate(topology, task, eval_prompts, judge_set, judge_truth, config, f"M{iteration}")
+            with run.timer.phase("sync"):
+                with_retries(resync, retries, "sync")
+            with run.timer.phase("eval"):
+                row = evaluate(topology, task, eval_prompts, judge_set, config, f"M{iteration}")
             row.update({**{f"prompts_{k}": v for k, v in prompt_counts.items()}, **pair_counts,
                         "judge_malformed": malformed, **verifier_view(task, candidates, pairs),
-                        **{f"dpo/{k}": sum(s[k] for s in stats) / len(stats) for k in (stats[0] if stats else [])},
-                        **timer.pop()})
+                        **{f"dpo/{k}": sum(s[k] for s in stats) / len(stats) for k in (stats[0] if stats else [])}})
             table.append(row)
-            tracker.log({**row, **usage_metrics(topology.roles())}, step=iteration)  # actor-seconds so far
+            run.checkpoint(iteration, config.iterations, {"judge_set": judge_set, "table": table},
+                           policy=topology.learner)
+            run.log({**row, **usage_metrics(topology.roles())}, step=iteration)  # actor-seconds so far
             print_row(row)
-        model_path = export_policy(topology.learner, run_dir)
         final_usage = usage_metrics(topology.roles())
+        model_path = run.finish(topology.learner)
     finally:
+        run.close()
         topology.kill()
-        tracker.close()
-    wall = round(time.time() - start, 1)
-    (run_dir / "table.json").write_text(json.dumps({"seed_model": seed_stats, "iterations": table,
-                                                    "wall_seconds": wall}, indent=2, default=str))
-    (run_dir / "table.md").write_text(markdown_table(table) + f"\n\nwall time {wall:.0f} s\n")
-    result = {"algorithm": "self_rewarding", "run_dir": str(run_dir), "model_path": model_path,
+    wall = run.seconds
+    (run.run_dir / "table.json").write_text(json.dumps({"seed_model": seed_stats, "iterations": table,
+                                                        "wall_seconds": wall}, indent=2, default=str))
+    (run.run_dir / "table.md").write_text(markdown_table(table) + f"\n\nwall time {wall:.0f} s\n")
+    result = {"algorithm": "self_rewarding", "run_dir": str(run.run_dir), "model_path": model_path,
               "iterations": config.iterations,
               "seed_model": seed_path, "heldout_accuracy_before": table[0]["heldout_accuracy"],
               "heldout_accuracy_after": table[-1]["heldout_accuracy"], "table": table, "wall_seconds": wall,
               **final_usage}
-    print(f"Self-rewarding on {config.task.name}: held-out greedy accuracy {result['heldout_accuracy_before']:.1%} "
+    print(f"Self-rewarding on {task.name}: held-out greedy accuracy {result['heldout_accuracy_before']:.1%} "
           f"-> {result['heldout_accuracy_after']:.1%} in {config.iterations} iterations, {wall:.0f} s; "
-          f"table in {run_dir}/table.md; model in {model_path}")
+          f"table in {run.run_dir}/table.md; model in {model_path}")
     return result
 
 
-def evaluate(topology: Topology, task, eval_prompts, judge_set: Batch, judge_truth, config: Config, name: str) -> dict:
+def judge_eval_set(topology: Topology, task, prompts: list[str], config: Config) -> dict[str, list]:
+    """The fixed set the judge is measured on: M0's sampled candidates for held-out prompts, with the verifier's
+    scores (plain lists, saved in checkpoints)."""
+    batch = generate(topology.rollout_workers, prompts, replace(Sampling.from_config(config.rollout), seed=config.seed))
+    return {"prompt": batch.info["prompt"], "response": batch.info["response"], "group": batch.group.tolist(),
+            "truth": [verifier_score(task, p, r) for p, r in zip(batch.info["prompt"], batch.info["response"])]}
+
+
+def evaluate(topology: Topology, task, eval_prompts, judge_set: dict, config: Config, name: str) -> dict:
     """Held-out greedy accuracy and the judge's quality on the fixed judge-evaluation set."""
     accuracy = greedy_accuracy(topology.rollout_workers, task, eval_prompts, config.rollout.max_new_tokens)
-    scores, malformed = self_judge(topology.rollout_workers, judge_set.info["prompt"], judge_set.info["response"],
-                                   config)
+    scores, malformed = self_judge(topology.rollout_workers, judge_set["prompt"], judge_set["response"], config,
+                                   seed=config.seed)
     return {"model": name, "heldout_accuracy": accuracy,
-            **judge_quality(judge_set.group.tolist(), scores, judge_truth)}
+            **judge_quality(judge_set["group"], scores, judge_set["truth"])}
 
 
 def verifier_view(task, candidates: Batch, pairs: Batch) -> dict:

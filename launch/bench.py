@@ -55,6 +55,7 @@ from algorithms import algorithm_module
 from algorithms.self_rewarding_seed import seed_checkpoint
 from rlcore.core.config import ConfigError, check_choice, check_range, load_config
 from rlcore.core.tracking import read_metrics
+from rlcore.data.sources import task_name
 from rlcore.models.build import build_model
 from rlcore.runtime.cluster import init_ray
 
@@ -82,7 +83,7 @@ class BenchConfig:
     model: str = "sft:arithmetic"
     """The checkpoint every algorithm starts from (model.path of each)."""
     task: str = "arithmetic"
-    """Task of training prompts and held-out evaluation (task.name of each)."""
+    """Task of training prompts and held-out evaluation (data.train=task:<name> of each)."""
     prompts: int = 512
     """Training prompts every run sees in all."""
     prompts_per_step: int = 64
@@ -93,7 +94,7 @@ class BenchConfig:
     """PPO and RRHF evaluate after every this many training prompts (and before the first and after the last);
     self-rewarding after every iteration."""
     eval_size: int = 256
-    """Held-out prompts of each evaluation (task.eval_size of each)."""
+    """Held-out prompts of each evaluation (data.eval_size of each)."""
     configs: dict[str, str] = field(default_factory=lambda: {
         "ppo": "launch/configs/ppo_tiny.yaml",
         "rrhf": "launch/configs/rrhf_tiny.yaml",
@@ -147,7 +148,7 @@ def budget_overrides(algorithm: str, bench: BenchConfig) -> list[str]:
 def run_config(algorithm: str, seed: int, bench: BenchConfig, runs_dir: Path) -> Any:
     """`algorithm`'s Config: its own file, then the bench's shared settings, budget, seed and overrides."""
     module = algorithm_module(algorithm)
-    shared = [f"model.path={bench.model}", f"task.name={bench.task}", f"task.eval_size={bench.eval_size}",
+    shared = [f"model.path={bench.model}", f"data.train=task:{bench.task}", f"data.eval_size={bench.eval_size}",
               f"seed={seed}", f"rollout.seed={seed}", f"tracking.run_dir={runs_dir}",
               f"tracking.run_name={algorithm}-seed{seed}", f"tracking.wandb={str(bench.wandb).lower()}"]
     overrides = shared + budget_overrides(algorithm, bench) + list(bench.overrides.get(algorithm, []))
@@ -162,7 +163,7 @@ def prepare(algorithm: str, config: Any) -> dict:
     its seed model M0 (both cached on disk). Returns M0's build stats (empty for the others)."""
     build_model(config.model.path)
     if algorithm == "self_rewarding" and config.seed_model.enabled:
-        return seed_checkpoint(config.model.path, config.task.name, config.seed_model)[1]
+        return seed_checkpoint(config.model.path, task_name(config.data.train), config.seed_model)[1]
     return {}
 
 

@@ -7,6 +7,8 @@
     rlcore train-rm / train-themis / themis-eval   reward models (see launch/reward_cmds.py)
     rlcore bench [CONFIG.yaml]                     compare the algorithms' compute cost
     rlcore export RUN_DIR [--step N] [--out DIR]   the Hugging Face folder a run exported (final, or checkpoint N)
+    rlcore task-data TASK OUT_DIR [--train N]       a built-in task as Parquet files of prompts and answers
+    rlcore tiny-lm DATA OUT_DIR --keys K1,K2        a tiny model whose tokenizer is trained on your data's text
 """
 
 from __future__ import annotations
@@ -15,13 +17,16 @@ import argparse
 import json
 import shutil
 import sys
+from pathlib import Path
 
 from algorithms import ALGORITHMS, algorithm_module
 from launch import bench, reward_cmds, submit, themis_eval
 from rlcore.core import checkpoint
 from rlcore.core.config import ConfigError, config_from_args, config_help, load_config, read_yaml
+from rlcore.data.sources import read_texts, write_task_data
 from rlcore.models import sft
 from rlcore.models.build import build_model
+from rlcore.models.tiny import TinyModelSpec, build_tiny_lm
 
 
 def cmd_train(args: list[str]) -> dict:
@@ -63,6 +68,40 @@ def cmd_export(args: list[str]) -> dict:
     return {"model_path": str(folder)}
 
 
+def cmd_task_data(args: list[str]) -> dict:
+    """`rlcore task-data TASK OUT_DIR [--train N] [--heldout N] [--seed S]`: a built-in task's train and
+    held-out prompts with their reference answers, as OUT_DIR/train.parquet and OUT_DIR/heldout.parquet
+    (columns prompt, answer, chosen, rejected): your-own-data files to try the `data` section and
+    `reward.kind=reference` on (launch/configs/ppo_file_tiny.yaml)."""
+    parser = argparse.ArgumentParser(prog="rlcore task-data", usage=cmd_task_data.__doc__.split(":")[0].strip("`"))
+    parser.add_argument("task")
+    parser.add_argument("out_dir")
+    parser.add_argument("--train", type=int, default=4096)
+    parser.add_argument("--heldout", type=int, default=256)
+    parser.add_argument("--seed", type=int, default=0)
+    ns = parser.parse_args(args)
+    return write_task_data(ns.task, ns.out_dir, ns.train, ns.heldout, ns.seed)
+
+
+def cmd_tiny_lm(args: list[str]) -> dict:
+    """`rlcore tiny-lm DATA OUT_DIR --keys K1,K2 [--vocab N] [--positions N] [--seed S]`: a random-initialised
+    tiny Qwen2 LM (~1-2M parameters) with a byte-level BPE tokenizer trained on the text under the keys
+    (dotted for nested objects, e.g. pos_answer.answer) of a local JSONL / JSON / Parquet / CSV file or saved
+    dataset, saved to OUT_DIR as an ordinary model folder: a CPU stand-in for a real model on text the
+    task's tiny tokenizers do not cover (launch/configs/rrhf_hh_tiny.yaml)."""
+    parser = argparse.ArgumentParser(prog="rlcore tiny-lm", usage=cmd_tiny_lm.__doc__.split(":")[0].strip("`"))
+    parser.add_argument("data")
+    parser.add_argument("out_dir")
+    parser.add_argument("--keys", required=True)
+    parser.add_argument("--vocab", type=int, default=1024)
+    parser.add_argument("--positions", type=int, default=512)
+    parser.add_argument("--seed", type=int, default=0)
+    ns = parser.parse_args(args)
+    texts = read_texts(ns.data, ns.keys.split(","))
+    spec = TinyModelSpec(task=Path(ns.data).stem, vocab_size=ns.vocab, max_positions=ns.positions, seed=ns.seed)
+    return {"model_path": str(build_tiny_lm(texts, spec, ns.out_dir)), "texts": len(texts)}
+
+
 COMMANDS = {
     "train": cmd_train,
     "sft": cmd_sft,
@@ -73,6 +112,8 @@ COMMANDS = {
     "themis-eval": themis_eval.cmd_themis_eval,
     "bench": bench.cmd_bench,  # the algorithms' compute cost
     "export": cmd_export,  # a run's trained model as a Hugging Face folder
+    "task-data": cmd_task_data,  # a built-in task as Parquet files
+    "tiny-lm": cmd_tiny_lm,  # a tiny model on your own text
 }
 CONFIGS = {
     "sft": lambda: sft.Config,
@@ -82,7 +123,7 @@ CONFIGS = {
     "themis-eval": lambda: themis_eval.ThemisConfig,
 }
 """Command -> its config dataclass, for `--help`."""
-DOCSTRING_HELP = {"build": cmd_build, "export": cmd_export}
+DOCSTRING_HELP = {"build": cmd_build, "export": cmd_export, "task-data": cmd_task_data, "tiny-lm": cmd_tiny_lm}
 """Commands without a config: `--help` prints the function's docstring."""
 
 

@@ -85,3 +85,27 @@ def test_an_override_of_a_nested_config_keeps_the_defaults_its_parent_gives_it()
     assert load_config(ppo.Config, None, ["model.lora_rank=4"]).model.path == "sft:arithmetic"
     rrhf_config = load_config(rrhf.Config, "launch/configs/rrhf_tiny.yaml", ["model.lora_rank=4"], ignore=("algorithm",))
     assert rrhf_config.model.path == rrhf.Config().model.path and rrhf_config.model.lora_rank == 4
+
+
+def test_every_shipped_config_loads_with_its_algorithm():
+    """launch/configs/*.yaml that name an algorithm load with its Config; the GPU config names a real model and
+    a real dataset and its reward rule reads GSM8K's answers."""
+    from pathlib import Path
+
+    from algorithms import algorithm_module
+    from rlcore.core.config import read_yaml
+    from rlcore.rewards.reference import reference_match
+
+    loaded = {}
+    for path in sorted(Path("launch/configs").glob("*.yaml")):
+        name = read_yaml(path).get("algorithm")
+        if name:
+            loaded[path.stem] = load_config(algorithm_module(name).Config, path, [], ignore=("algorithm",))
+    assert {"ppo_tiny", "ppo_file_tiny", "ppo_gsm8k_gpu", "rrhf_tiny", "self_rewarding_tiny"} <= set(loaded)
+    gpu = loaded["ppo_gsm8k_gpu"]
+    assert gpu.model.path == "Qwen/Qwen2.5-0.5B-Instruct" and gpu.data.train == "openai/gsm8k"
+    rule = {"extract": gpu.reward.extract, "answer_extract": gpu.reward.answer_extract, "match": gpu.reward.match}
+    answer = "Natalia sold 48/2 = <<48/2=24>>24 clips in May.\nNatalia sold 48+24 = <<48+24=72>>72 clips.\n#### 72"
+    assert reference_match("She sold 48 + 24 = 72 clips in total, so the answer is 72.", answer, **rule)
+    assert not reference_match("The answer is 24.", answer, **rule)
+    assert loaded["ppo_file_tiny"].reward.kind == "reference"

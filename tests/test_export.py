@@ -34,6 +34,7 @@ from launch.cli import cmd_export, main
 from rlcore.core import checkpoint
 from rlcore.core.batch import Batch, make_batch
 from rlcore.core.config import LearnerConfig, ModelConfig, load_config
+from rlcore.data.sources import task_name
 from rlcore.data.tasks import get_task
 from rlcore.models.loading import encode_prompts, load_tokenizer, resolve_model, response_logits, token_logprobs
 from rlcore.runtime.cluster import init_ray
@@ -53,7 +54,7 @@ def ray_cluster():
 
 def short_config(module, config_file: str, run_dir: Path, *overrides: str):
     return load_config(module.Config, CONFIGS / config_file,
-                       [f"tracking.run_dir={run_dir}", "tracking.wandb=false", f"task.eval_size={EVAL_SIZE}",
+                       [f"tracking.run_dir={run_dir}", "tracking.wandb=false", f"data.eval_size={EVAL_SIZE}",
                         *overrides], ignore=("algorithm",))
 
 
@@ -114,8 +115,8 @@ def check_export(result: dict, config, start: str, vllm_cpu) -> dict[str, torch.
     for name in ("model.safetensors", "config.json", "generation_config.json", "tokenizer.json",
                  "tokenizer_config.json"):
         assert (Path(folder) / name).exists(), name
-    task = get_task(config.task.name, seed=config.task.seed)
-    prompts = [e.prompt for e in task.examples("heldout", config.task.eval_size)]
+    task = get_task(task_name(config.data.train), seed=config.data.seed)
+    prompts = [e.prompt for e in task.examples("heldout", config.data.eval_size)]
     tokenizer = load_tokenizer(folder)  # the exported tokenizer, chat template included
     prompt_ids = encode_prompts(tokenizer, prompts)
     max_new_tokens = config.rollout.max_new_tokens

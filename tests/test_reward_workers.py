@@ -14,6 +14,7 @@ import shutil
 import socket
 import threading
 import time
+import typing
 from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -23,7 +24,7 @@ import torch
 from actors.reward import SCORERS, RemoteRewardError, RemoteScorer, RewardWorker, SelfJudgeScorer, judge_rewards
 from algorithms.rrhf import Config, train
 from rlcore.core.batch import make_batch
-from rlcore.core.config import RewardConfig, TaskConfig, load_config
+from rlcore.core.config import RewardConfig, load_config
 from rlcore.core.tracking import read_metrics
 from rlcore.core.weights import WeightUpdate
 from rlcore.models.build import build_model
@@ -47,11 +48,13 @@ def text_batch(prompts: list[str], responses: list[str]):
 
 
 def test_every_configured_kind_has_a_scorer():
-    assert set(SCORERS) == {"rule", "model", "self_judge", "tool", "remote"}
+    assert set(SCORERS) == set(typing.get_args(typing.get_type_hints(RewardConfig)["kind"]))
+    with pytest.raises(ValueError, match="task:<name> data source"):
+        RewardWorker(RewardConfig(kind="rule"), None)
     with pytest.raises(ValueError, match="reward.path"):
-        RewardWorker(RewardConfig(kind="model"), TaskConfig())
+        RewardWorker(RewardConfig(kind="model"), None)
     with pytest.raises(ValueError, match="reward.url"):
-        RewardWorker(RewardConfig(kind="remote", url="localhost:1"), TaskConfig())
+        RewardWorker(RewardConfig(kind="remote", url="localhost:1"), None)
 
 
 # ---------------------------------------------------------------------- model
@@ -64,8 +67,21 @@ def reward_model_dir(tmp_path_factory):
     return folder
 
 
+def test_reference_reward_matches_the_rows_answers():
+    """kind reference: GSM8K-style answers ("... #### 72") against the last number of each response; a row
+    without its answer is a clear error, not a zero."""
+    worker = RewardWorker(RewardConfig(kind="reference", extract="last_number", answer_extract="hash",
+                                       match="numeric"))
+    batch = text_batch(["q1", "q2", "q3", "q4"], ["So she sold 72 clips.", "It is 71.", "$1,000.00", "none"])
+    batch.info["answer"] = ["48 + 24 = 72\n#### 72", "#### 72", "#### 1000", "#### 5"]
+    assert worker.score(batch).rewards.tolist() == [1.0, 0.0, 1.0, 0.0]
+    del batch.info["answer"]
+    with pytest.raises(ValueError, match="data.answer_key"):
+        worker.score(batch)
+
+
 def test_model_scorer_batches_like_single_rows(reward_model_dir):
-    worker = RewardWorker(RewardConfig(kind="model", path=str(reward_model_dir)), TaskConfig())
+    worker = RewardWorker(RewardConfig(kind="model", path=str(reward_model_dir)), None)
     scores = worker.score(text_batch(PROMPTS, RESPONSES))
     assert scores.rewards.shape == (4,) and scores.rewards.dtype == torch.float32
     # different lengths share a padded batch: each reward must equal the row scored alone
@@ -102,8 +118,8 @@ def test_self_judge_follows_weight_updates(two_policies):
     """Greedy judgements of A after loading B's weights are exactly those of a judge built on B."""
     path_a, path_b, weights_b = two_policies
     config = RewardConfig(kind="self_judge", judge_samples=1)
-    judge_a = SelfJudgeScorer(config, TaskConfig(), path_a, engine="transformers", temperature=0.0)
-    judge_b = SelfJudgeScorer(config, TaskConfig(), path_b, engine="transformers", temperature=0.0)
+    judge_a = SelfJudgeScorer(config, None, path_a, engine="transformers", temperature=0.0)
+    judge_b = SelfJudgeScorer(config, None, path_b, engine="transformers", temperature=0.0)
     assert judge_a.template == "{prompt}{response} score:"  # the compact template for a tiny model
     before = judge_a(PROMPTS, RESPONSES).traces
     expected = judge_b(PROMPTS, RESPONSES).traces
@@ -116,7 +132,7 @@ def test_self_judge_worker_on_vllm(two_policies):
     """The RewardWorker's default engine (vLLM): samples judge_samples judgements per response, and
     update_weights reaches the engine (greedy outputs then match transformers on B's weights)."""
     path_a, path_b, weights_b = two_policies
-    worker = RewardWorker(RewardConfig(kind="self_judge", judge_samples=3), TaskConfig(), path_a)
+    worker = RewardWorker(RewardConfig(kind="self_judge", judge_samples=3), None, path_a)
     try:
         scores = worker.score(text_batch(PROMPTS, RESPONSES))
         assert scores.rewards.shape == (4,) and all(0 <= r <= 5 for r in scores.rewards.tolist())
@@ -127,7 +143,7 @@ def test_self_judge_worker_on_vllm(two_policies):
         on_vllm = worker.score(text_batch(PROMPTS, RESPONSES)).traces
     finally:
         worker.shutdown()
-    judge_b = SelfJudgeScorer(RewardConfig(kind="self_judge", judge_samples=1), TaskConfig(), path_b,
+    judge_b = SelfJudgeScorer(RewardConfig(kind="self_judge", judge_samples=1), None, path_b,
                               engine="transformers", temperature=0.0)
     assert on_vllm == judge_b(PROMPTS, RESPONSES).traces
 
@@ -184,7 +200,7 @@ class MarkerWeekDay:
 
 def test_tool_scorer_interleaves_a_real_tool_call(themis_dir):
     """The model writes its action and stops at "Observation:"; the tool's answer is inserted; it goes on."""
-    worker = RewardWorker(RewardConfig(kind="tool", path=str(themis_dir)), TaskConfig())
+    worker = RewardWorker(RewardConfig(kind="tool", path=str(themis_dir)), None)
     scores = worker.score(text_batch([CRAFTED_QUESTION], [CRAFTED_ANSWER]))
     assert scores.rewards.shape == (1,)
     assert ("Action: Calendar.week_day\nAction Input: 2008-06-16\nObservation: Monday\nRationale:"
@@ -206,7 +222,7 @@ def test_tool_scorer_turns_a_malformed_action_into_an_observation(themis_dir):
                               [ToolContext()])
     assert [s.text for s in trace.segments if s.kind == "observation"] == [
         " Error: no 'Action:' line followed by an 'Action Input:' line was found\n"]
-    worker = RewardWorker(RewardConfig(kind="tool", path=str(themis_dir)), TaskConfig())
+    worker = RewardWorker(RewardConfig(kind="tool", path=str(themis_dir)), None)
     worker.scorer.max_new_tokens = 24
     scores = worker.score(text_batch(["What is 1+1?", "", CRAFTED_QUESTION], ["2", "", "Tuesday"]))
     assert scores.rewards.shape == (3,) and torch.isfinite(scores.rewards).all()
@@ -265,13 +281,13 @@ def reward_server():
 
 
 def remote(url: str, timeout_s: float = 2.0, attempts: int = 3) -> RemoteScorer:
-    return RemoteScorer(RewardConfig(kind="remote", url=url, timeout_s=timeout_s), TaskConfig(), "",
+    return RemoteScorer(RewardConfig(kind="remote", url=url, timeout_s=timeout_s), None, "",
                         attempts=attempts, backoff_s=0.05)
 
 
 def test_remote_reward_through_the_worker(reward_server):
     server, url = reward_server("ok")
-    worker = RewardWorker(RewardConfig(kind="remote", url=url), TaskConfig())
+    worker = RewardWorker(RewardConfig(kind="remote", url=url), None)
     assert worker.score(text_batch(PROMPTS, RESPONSES)).rewards.tolist() == [2.0, 3.0, 2.0, 2.0]
 
 
@@ -315,8 +331,8 @@ def test_rrhf_runs_with_the_tool_reward_by_config_change_only(themis_dir, tmp_pa
     import ray
 
     config = load_config(Config, "launch/configs/rrhf_tiny.yaml", [
-        "reward.kind=tool", f"reward.path={themis_dir}", "task.name=calendar", "model.path=tiny:calendar",
-        "rounds=1", "prompts_per_round=4", "task.eval_size=8", f"tracking.run_dir={tmp_path}",
+        "reward.kind=tool", f"reward.path={themis_dir}", "data.train=task:calendar", "model.path=tiny:calendar",
+        "rounds=1", "prompts_per_round=4", "data.eval_size=8", f"tracking.run_dir={tmp_path}",
         "tracking.wandb=false"], ignore=("algorithm",))
     try:
         result = train(config)

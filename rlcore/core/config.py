@@ -92,15 +92,51 @@ class ModelConfig:
 
 
 @dataclass
-class TaskConfig:
-    """The verifiable task prompts come from (rlcore.data.tasks)."""
+class DataConfig:
+    """Where prompts, reference answers and preference pairs come from (rlcore.data.sources), and how a row
+    becomes a prompt."""
 
-    name: Literal["arithmetic", "calendar"] = "arithmetic"
-    """Task name."""
+    train: str = "task:arithmetic"
+    """task:<name> (a built-in task); a .jsonl / .json / .parquet / .csv file; a folder written by
+    Dataset.save_to_disk; or a Hugging Face dataset name (with `subset` and `train_split`)."""
+    eval: str = ""
+    """The same forms; empty = the task's held-out split, or `eval_size` rows held back from `train`."""
+    subset: str = ""
+    """Hugging Face dataset configuration (e.g. "main" for gsm8k)."""
+    train_split: str = "train"
+    """Split of `train` (Hugging Face datasets and save_to_disk folders with splits)."""
+    eval_split: str = "test"
+    """Split of `eval`."""
+    prompt_key: str = "prompt"
+    """Column holding the prompt (one user turn)."""
+    messages_key: str = ""
+    """Column holding a list of chat turns [{"role", "content"}] to use instead of `prompt_key`."""
+    answer_key: str = "answer"
+    """Column holding the reference answer (optional; reward kind `reference` and accuracy need it)."""
+    chosen_key: str = "chosen"
+    """Column holding the preferred response (preference data)."""
+    rejected_key: str = "rejected"
+    """Column holding the dispreferred response (preference data)."""
+    apply_chat_template: bool = True
+    """Format prompts with the tokenizer's chat template, when it has one; false = the raw text."""
+    max_prompt_tokens: int = 1024
+    """Longer prompts (after formatting) are skipped and counted."""
+    on_error: Literal["raise", "skip"] = "raise"
+    """A malformed row: raise naming its file and row, or skip it and count it."""
+    shuffle: bool = True
+    """Shuffle file rows by `seed` (task sources are drawn in seed order already); each pass over the data
+    reshuffles, and a resumed run continues at the same position."""
     seed: int = 0
-    """Seed of the order prompts are drawn in (the train/held-out split is fixed by the prompt alone)."""
+    """Seed of the row order."""
     eval_size: int = 256
-    """Held-out prompts used for greedy accuracy."""
+    """Evaluation rows (held-out prompts scored greedily)."""
+    samples_logged: int = 16
+    """Evaluation generations written to samples.jsonl (and a wandb table) at every evaluation."""
+
+    def __post_init__(self) -> None:
+        check_range("max_prompt_tokens", self.max_prompt_tokens, 1)
+        check_range("eval_size", self.eval_size, 1)
+        check_range("samples_logged", self.samples_logged, 0)
 
 
 @dataclass
@@ -136,9 +172,10 @@ class RolloutConfig(RoleConfig):
 class RewardConfig(RoleConfig):
     """Reward workers."""
 
-    kind: Literal["rule", "model", "self_judge", "tool", "remote"] = "rule"
-    """rule: the task verifier; model: a trained scalar RM; self_judge: the policy as LLM-as-a-Judge;
-    tool: a Themis tool-augmented RM; remote: an HTTP endpoint."""
+    kind: Literal["rule", "reference", "model", "self_judge", "tool", "remote"] = "rule"
+    """rule: the task verifier (task: data); reference: match against the row's answer; model: a trained
+    scalar RM; self_judge: the policy as LLM-as-a-Judge; tool: a Themis tool-augmented RM; remote: an HTTP
+    endpoint."""
     path: str = ""
     """Reward model folder (kind model / tool)."""
     url: str = ""
@@ -147,6 +184,13 @@ class RewardConfig(RoleConfig):
     """Per-request timeout (kind remote / tool calls)."""
     judge_samples: int = 3
     """Judge samples averaged per response (kind self_judge)."""
+    extract: Literal["none", "last_number", "boxed", "hash"] = "none"
+    """Kind reference (and evaluation accuracy): what of the response is compared: all of it, its last
+    number, the content of its last \\boxed{}, or what follows its last "####"."""
+    answer_extract: Literal["none", "last_number", "boxed", "hash"] = "none"
+    """The same rule for the row's reference answer (gsm8k answers end in "#### 72": hash)."""
+    match: Literal["exact", "numeric"] = "exact"
+    """exact: equal strings after stripping; numeric: equal numbers (commas, $ and trailing zeros ignored)."""
 
 
 @dataclass

@@ -34,6 +34,15 @@ class Tracker:
         if self._wandb is not None:
             self._wandb.log({k: v for k, v in row.items() if isinstance(v, (int, float))}, step=step)
 
+    def table(self, name: str, rows: list[dict[str, Any]], step: int) -> None:
+        """A table of rows (e.g. evaluation samples) to wandb, when enabled (the JSONL copy is the caller's)."""
+        if self._wandb is not None and rows:
+            import wandb
+
+            columns = list(rows[0])
+            self._wandb.log({name: wandb.Table(columns=columns, data=[[str(r.get(c)) for c in columns]
+                                                                       for r in rows])}, step=step)
+
     def close(self) -> None:
         self._file.close()
         if self._wandb is not None:

@@ -85,17 +85,22 @@ def load_model(name_or_path: str, head: str = "causal_lm", dtype: str = "float32
     return model
 
 
-def format_prompt(tokenizer, question: str) -> str:
-    """The question as a user turn of the model's chat template, ready for the answer."""
-    return tokenizer.apply_chat_template(
-        [{"role": "user", "content": question}], tokenize=False, add_generation_prompt=True
-    )
+def format_prompt(tokenizer, prompt, chat_template: bool = True) -> str:
+    """A prompt ready for the answer: a question (str) as a user turn, or a list of chat turns
+    [{"role", "content"}], through the model's chat template; the raw text when `chat_template` is false or
+    the tokenizer has no template (turns joined by newlines)."""
+    turns = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+    if chat_template and tokenizer.chat_template:
+        return tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
+    return "\n".join(turn["content"] for turn in turns)
 
 
-def encode_prompts(tokenizer, questions: list[str]) -> list[list[int]]:
-    """Token ids of each question formatted with the chat template (special tokens come from the template)."""
-    texts = [format_prompt(tokenizer, q) for q in questions]
-    return [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+def encode_prompts(tokenizer, prompts: list, chat_template: bool = True) -> list[list[int]]:
+    """Token ids of each prompt formatted by `format_prompt`; special tokens come from the template, or from
+    the tokenizer (e.g. bos) for raw text."""
+    templated = chat_template and bool(tokenizer.chat_template)
+    return [tokenizer(format_prompt(tokenizer, p, chat_template), add_special_tokens=not templated)["input_ids"]
+            for p in prompts]
 
 
 def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
