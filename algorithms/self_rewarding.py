@@ -285,6 +285,9 @@ def train(config: Config) -> dict:
                 prompts, prompt_counts = with_retries(
                     lambda: write_prompts(topology.rollout_workers, task, requests, config, seed),
                     retries, "self_instruct", resync)
+                if not prompts:
+                    raise RuntimeError(f"iteration {iteration}: the model wrote no usable prompt ({prompt_counts}); "
+                                       "M0 must learn self-instruction (seed_model.enabled)")
             with run.timer.phase("candidates"):
                 candidates = with_retries(lambda: generate(
                     topology.rollout_workers, prompts, replace(Sampling.from_config(config.rollout), seed=seed)),

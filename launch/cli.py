@@ -54,7 +54,7 @@ def cmd_build(args: list[str]) -> dict:
 def cmd_export(args: list[str]) -> dict:
     """`rlcore export RUN_DIR [--step N] [--out DIR]`: the Hugging Face folder (safetensors, config, tokenizer,
     generation config; a LoRA run's adapter under adapter/) that a run wrote at its end, <RUN_DIR>/final, or
-    with --step N at its checkpoint N (PPO), <RUN_DIR>/checkpoints/step_N/hf. Every run writes these itself;
+    with --step N at its checkpoint N, <RUN_DIR>/checkpoints/step_N/hf. Every run writes these itself;
     this command finds one (and copies it to DIR with --out), it converts no DeepSpeed shards. Load it with
     `AutoModelForCausalLM.from_pretrained(FOLDER)` or `vllm serve FOLDER`."""
     parser = argparse.ArgumentParser(prog="rlcore export", usage="rlcore export RUN_DIR [--step N] [--out DIR]")

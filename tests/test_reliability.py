@@ -55,7 +55,7 @@ RESUMED = {
               "tracking.wandb=false", "tracking.checkpoint_every=2", "rollout.max_new_tokens=4"],
              ["reward", "queries", "updates"], ["loss", "rank_accuracy"]),
     "self_rewarding": ("launch/configs/self_rewarding_tiny.yaml",
-                       ["seed_model.enabled=false", "iterations=2", "new_prompts=32", "judge_eval_prompts=16",
+                       ["iterations=2", "new_prompts=32", "judge_eval_prompts=16",
                         "data.eval_size=16", "pairs_per_step=8", "tracking.wandb=false",
                         "tracking.checkpoint_every=1"],
                        ["prompts_kept", "pairs", "heldout_accuracy", "chosen_right"], ["dpo/loss"]),
