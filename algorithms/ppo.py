@@ -321,8 +321,8 @@ def train(config: Config) -> dict:
               **{f"{k}_before": v for k, v in first.items() if k.startswith("heldout")},
               **{f"{k}_after": v for k, v in last.items() if k.startswith("heldout")},
               "wall_seconds": run.seconds, **final_usage}
-    print(f"PPO ({config.advantage}) on {config.data.train}: {before_after(result)} after {config.steps} steps; {run.seconds:.0f} s this "
-          f"run; metrics in {run.run_dir}/metrics.jsonl; model in {model_path}")
+    print(f"PPO ({config.advantage}) on {config.data.train}: {before_after(result)} after {config.steps} steps; "
+          f"{run.seconds:.0f} s this run; metrics in {run.run_dir}/metrics.jsonl; model in {model_path}")
     return result
 
 
