@@ -138,7 +138,7 @@ def test_run_survives_killed_rollout_and_reference_workers(ray_local, tmp_path):
     result = ppo.train(config)
     killer.join(timeout=5)
     assert killed == ["RolloutWorker", "ReferenceWorker"]
-    assert sorted(step_rows(result["run_dir"])) == [1, 2, 3, 4, 5]
+    assert sorted(step_rows(result["run_dir"])) == [0, 1, 2, 3, 4, 5]
 
 
 def test_reward_worker_rejects_wrong_counts_and_nan():
@@ -147,10 +147,10 @@ def test_reward_worker_rejects_wrong_counts_and_nan():
     batch = make_batch([[1, 5], [1, 6]], [[7], [8]], pad_token_id=0,
                        info={"prompt": ["1+1=", "2+2="], "response": ["2", "5"]})
     assert worker.score(batch).rewards.tolist() == [1.0, 0.0]
-    worker.scorer = lambda prompts, responses: Scores(torch.tensor([1.0]))
+    worker.scorer = lambda prompts, responses, answers: Scores(torch.tensor([1.0]))
     with pytest.raises(RuntimeError, match=r"returned \(1,\) rewards for a batch of 2"):
         worker.score(batch)
-    worker.scorer = lambda prompts, responses: Scores(torch.tensor([1.0, float("nan")]))
+    worker.scorer = lambda prompts, responses, answers: Scores(torch.tensor([1.0, float("nan")]))
     with pytest.raises(RuntimeError, match=r"non-finite rewards for samples \[1\]"):
         worker.score(batch)
 
