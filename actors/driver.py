@@ -8,6 +8,7 @@ import torch
 from actors.learner import LearnerWorker
 from actors.reward import RewardWorker
 from actors.rollout import RolloutWorker, Sampling
+from rlcore.core import usage
 from rlcore.core.batch import Batch
 from rlcore.core.config import DataConfig, RewardConfig
 from rlcore.data.sources import Data, load_data, prompt_text
@@ -20,18 +21,28 @@ def generate(rollout_workers: ActorGroup[RolloutWorker], prompts: list, sampling
              answers: list[str] | None = None) -> Batch:
     """Fan prompts out over the rollout workers in contiguous chunks; group ids are global prompt indices.
     With `answers` (one per prompt), each row carries its prompt's reference answer in info["answer"]."""
-    chunks = [c.tolist() for c in torch.arange(len(prompts)).tensor_split(len(rollout_workers)) if len(c)]
-    refs = [
-        actor.generate.remote([prompts[i] for i in chunk], sampling, chunk)
-        for actor, chunk in zip(rollout_workers.actors, chunks)
-    ]
-    batch = Batch.cat(gather(refs))
-    skipped = len(prompts) - len(set(batch.group.tolist()))
-    if skipped:
-        print(f"warning: {skipped} of {len(prompts)} prompts skipped: longer than the model's context allows")
-    if answers is not None:
-        batch.info["answer"] = [answers[g] for g in batch.group.tolist()]
-    return batch
+    return Generation(rollout_workers, prompts, sampling, answers).result()
+
+
+class Generation:
+    """A generation in flight (`generate` without the wait): the rollout workers start at once, `result()`
+    waits for the batch. Calls to the same workers made later (a weight update) queue behind it."""
+
+    def __init__(self, rollout_workers: ActorGroup[RolloutWorker], prompts: list, sampling: Sampling,
+                 answers: list[str] | None = None) -> None:
+        chunks = [c.tolist() for c in torch.arange(len(prompts)).tensor_split(len(rollout_workers)) if len(c)]
+        self.refs = [actor.generate.remote([prompts[i] for i in chunk], sampling, chunk)
+                     for actor, chunk in zip(rollout_workers.actors, chunks)]
+        self.num_prompts, self.answers = len(prompts), answers
+
+    def result(self) -> Batch:
+        batch = Batch.cat(gather(self.refs))
+        skipped = self.num_prompts - len(set(batch.group.tolist()))
+        if skipped:
+            print(f"warning: {skipped} of {self.num_prompts} prompts skipped: longer than the model's context allows")
+        if self.answers is not None:
+            batch.info["answer"] = [self.answers[g] for g in batch.group.tolist()]
+        return batch
 
 
 def greedy_accuracy(rollout_workers: ActorGroup[RolloutWorker], task, prompts: list[str], max_new_tokens: int) -> float:
@@ -93,14 +104,37 @@ def before_after(result: dict) -> str:
     return ", ".join(parts) or "no evaluation"
 
 
-def push_weights(learner: ActorGroup[LearnerWorker], *receivers: ActorGroup) -> None:
+def push_weights(learner: ActorGroup[LearnerWorker], *receivers: ActorGroup) -> int:
     """Learner rank 0's weights go into the object store once; every receiver (rollout workers, a self-judging
-    reward worker, ...) loads them in place with its `update_weights`."""
+    reward worker, ...) loads them in place with its `update_weights`. Returns the version pushed."""
     update = learner.map(LearnerWorker.weights)[0]
     refs = []
     for group in receivers:
         refs += group.map(group.actor_cls.update_weights, update)
     gather(refs)
+    return learner.run(LearnerWorker.steps_taken)[0]
+
+
+class WeightSync:
+    """Pushes the learner's weights to the groups that serve the policy (`push_weights`) and remembers the
+    versions pushed, so that the driver can check which weights generated a batch (`staleness`)."""
+
+    def __init__(self, learner: ActorGroup[LearnerWorker], *receivers: ActorGroup) -> None:
+        self.learner, self.receivers = learner, receivers
+        self.pushed = [0]
+        """Versions pushed so far (learner optimizer steps; 0: the starting weights every engine loads)."""
+
+    def __call__(self) -> None:
+        self.pushed.append(push_weights(self.learner, *self.receivers))
+
+    @property
+    def version(self) -> int:
+        return self.pushed[-1]
+
+    def staleness(self, batch: Batch) -> int:
+        """Pushes since the oldest weights that generated `batch` (0: it came from the weights last pushed)."""
+        oldest = min(batch.info["version"])
+        return sum(version > oldest for version in set(self.pushed))
 
 
 def usage_metrics(groups: dict[str, ActorGroup]) -> dict[str, float]:
@@ -113,6 +147,7 @@ def usage_metrics(groups: dict[str, ActorGroup]) -> dict[str, float]:
         usage/<role>/tokens_generated          response tokens its `generate` calls returned
         usage/<role>/tokens_trained            response tokens its `train_step` calls took
         usage/busy_s, usage/busy_cpu_s        busy actor-seconds (wall, CPU) of all roles together
+        usage/learner_rollout_overlap          share of the learner's busy time a rollout worker was busy too
 
     `groups` names the roles: {"rollout": topology.rollout_workers, "learner": topology.learner, ...};
     empty groups are left out.
@@ -130,6 +165,10 @@ def usage_metrics(groups: dict[str, ActorGroup]) -> dict[str, float]:
                                                    for s in replicas)
         metrics[prefix + "tokens_trained"] = sum(s["methods"].get("train_step", {}).get("tokens_in", 0)
                                                  for s in replicas)
+    if "learner" in snapshots and "rollout" in snapshots:  # how much generation overlapped training
+        metrics["usage/learner_rollout_overlap"] = usage.overlap_share(
+            [i for s in snapshots["learner"] for i in s["intervals"]],
+            [i for s in snapshots["rollout"] for i in s["intervals"]])
     metrics["usage/busy_s"] = sum(metrics[f"usage/{role}/busy_s"] for role in snapshots)
     metrics["usage/busy_cpu_s"] = sum(metrics[f"usage/{role}/busy_cpu_s"] for role in snapshots)
     return metrics

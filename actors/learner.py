@@ -241,6 +241,10 @@ class LearnerWorker:
             return None
         return WeightUpdate(tensors=tensors, lora_scale=self.lora_scale, version=self.version)
 
+    def steps_taken(self) -> int:
+        """The version of the weights: optimizer steps taken (restored by `load`)."""
+        return self.version
+
     @busy
     def export(self, path: str) -> str | None:
         """Rank 0 writes the model as a Hugging Face folder at `path` and returns `path`; other ranks return None.

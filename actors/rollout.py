@@ -160,7 +160,8 @@ class RolloutWorker:
 
         Rows are prompt-major (the n samples of prompt i are rows i*n .. i*n+n-1);
         `group` is group_ids[i] (default i); `logprobs` are per-token logprobs of
-        the sampled tokens (untempered); a response that ended on eos keeps it.
+        the sampled tokens (untempered); a response that ended on eos keeps it;
+        info["version"] is the version of the weights that generated each row.
         """
         if group_ids is not None and len(group_ids) != len(prompts):
             raise ValueError(f"{len(group_ids)} group ids for {len(prompts)} prompts")
@@ -187,6 +188,7 @@ class RolloutWorker:
             info={
                 "prompt": [q for q in prompts for _ in range(n)],
                 "response": [self.tokenizer.decode(r, skip_special_tokens=True) for r in responses],
+                "version": [self.version] * len(responses),
             },
         )
 

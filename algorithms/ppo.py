@@ -15,7 +15,8 @@ dataset (rlcore.data.sources).
         advantages  r_t = −β·KL_t (+ score on the last token); GAE(γ, λ); whitened
                     (or critic-free, `advantage`: grpo, rloo, reinforce_pp; then no critic is built)
         update      PPO epochs over minibatches: clipped policy loss (learner), clipped value loss (critic)
-        sync        learner rank 0 → every rollout worker, in place
+                    (async_rollout: one_step_off generates the next step's batch meanwhile, with these weights)
+        sync        learner rank 0 → every rollout worker, in place, between generations
 
 Departures from the paper:
 - The old log-probs π_old are the rollout engine's own log-probs of the
@@ -37,7 +38,7 @@ import torch
 from tqdm import tqdm
 
 from actors.critic import CriticWorker
-from actors.driver import before_after, evaluate, generate, load_train_eval, push_weights, usage_metrics
+from actors.driver import Generation, WeightSync, before_after, evaluate, load_train_eval, usage_metrics
 from actors.learner import LearnerWorker
 from actors.reference import ReferenceWorker
 from actors.reward import RewardWorker
@@ -60,7 +61,7 @@ from rlcore.core.config import (
 from rlcore.data.sources import RowStream, task_name
 from rlcore.models.build import build_models
 from rlcore.models.loading import response_logits, response_values, token_logprobs
-from rlcore.runtime.cluster import init_ray
+from rlcore.runtime.cluster import init_ray, role_threads
 from rlcore.runtime.group import ActorGroup, gather, with_retries
 from rlcore.runtime.run import Run
 
@@ -117,6 +118,9 @@ class Config:
     """Advantage estimator: gae (with the critic), or critic-free grpo, rloo, reinforce_pp (no critic built)."""
     grpo_normalize_std: bool = True
     """GRPO divides by the group's reward std; false = Dr. GRPO (mean-centred only)."""
+    async_rollout: str = "off"
+    """off: generate, then train; one_step_off: the rollout workers generate step k+1's batch while the
+    learners train on step k (samples one update old; the PPO ratio uses the log-probs that generated them)."""
     eval_every: int = 5
     """Evaluate on data.eval (greedy accuracy, mean reward, samples) every this many steps, first and last."""
     seed: int = 0
@@ -127,6 +131,7 @@ class Config:
     def __post_init__(self) -> None:
         check_choice("kl_estimator", self.kl_estimator, sorted(losses.KL_ESTIMATORS))
         check_choice("advantage", self.advantage, losses.ADVANTAGE_ESTIMATORS)
+        check_choice("async_rollout", self.async_rollout, ["off", "one_step_off"])
         if self.advantage in ("grpo", "rloo"):
             check_range("rollout.n_samples", self.rollout.n_samples, 2)  # a group baseline needs two samples
         check_range("steps", self.steps, 1)
@@ -163,6 +168,10 @@ class Topology:
 def build_topology(config: Config) -> Topology:
     """Five groups, each sized and placed by its own role config."""
     policy = config.model.path
+    updating = config.learner.num_workers + (config.critic.num_workers if config.uses_critic else 0)
+    config = replace(config, rollout=role_threads(config.rollout), reward=role_threads(config.reward),
+                     reference=role_threads(config.reference), critic=role_threads(config.critic, updating),
+                     learner=role_threads(config.learner, updating))  # policy and critic ranks update together
     return Topology(
         rollout_workers=ActorGroup.from_config(
             RolloutWorker, config.rollout, policy, config.rollout, dtype=config.model.dtype,
@@ -234,8 +243,27 @@ def train(config: Config) -> dict:
     kl_controller = (losses.AdaptiveKLController(config.kl_coef, config.kl_target, config.kl_horizon)
                      if config.kl_target > 0 else losses.FixedKLController(config.kl_coef))
     topology = build_topology(config)
-    resync = partial(push_weights, topology.learner, topology.rollout_workers)
+    resync = WeightSync(topology.learner, topology.rollout_workers)
     retries = config.rollout.max_restarts
+    max_staleness = 1 if config.async_rollout == "one_step_off" else 0
+    ahead: dict[int, Generation] = {}  # one_step_off: the next step's generation, started before this step's update
+
+    def start_generation(step: int) -> Generation:
+        rows = prompts_of.take(step, config.prompts_per_step)
+        sampling = replace(Sampling.from_config(config.rollout), seed=config.seed * 1_000_003 + step)
+        return Generation(topology.rollout_workers, [r["prompt"] for r in rows], sampling,
+                          [r["answer"] for r in rows])
+
+    def rollout(step: int, started: Generation | None) -> Batch:
+        """Step `step`'s batch: the generation started a step early, else a new one. Weights older than
+        allowed (an engine that restarted with its starting weights) are pushed again and the batch redone."""
+        batch = (started or start_generation(step)).result()
+        if resync.staleness(batch) > max_staleness:
+            print(f"step {step}: samples from weights version {min(batch.info['version'])}, the learner is at "
+                  f"{resync.version}; pushing the weights again and regenerating")
+            resync()
+            batch = start_generation(step).result()
+        return batch
 
     def evaluation(step: int) -> dict:
         with run.timer.phase("eval"):
@@ -255,13 +283,10 @@ def train(config: Config) -> dict:
         last = first
         progress = tqdm(range(state["step"] + 1 if state else 1, config.steps + 1), desc="ppo", unit="step")
         for step in progress:
-            rows = prompts_of.take(step, config.prompts_per_step)
             step_seed = config.seed * 1_000_003 + step  # samples and minibatches depend on the step alone
-            sampling = replace(Sampling.from_config(config.rollout), seed=step_seed)
             with run.timer.phase("generate"):
-                batch = with_retries(lambda: generate(topology.rollout_workers, [r["prompt"] for r in rows],
-                                                      sampling, [r["answer"] for r in rows]),
-                                     retries, "generate", resync)
+                batch = with_retries(lambda: rollout(step, ahead.pop(step, None)), retries, "generate", resync)
+            staleness = resync.staleness(batch)
             with run.timer.phase("reward"):
                 scores = torch.cat([s.rewards for s in with_retries(
                     lambda: gather(topology.reward_workers.shard(RewardWorker.score, batch)), retries, "reward")])
@@ -276,6 +301,8 @@ def train(config: Config) -> dict:
                 estimate_advantages(batch, config, kl_controller.value)
                 kl = losses.masked_mean(losses.kl_k1(batch.logprobs, batch.ref_logprobs), batch.response_mask)
                 kl_controller.update(float(kl), len(batch))
+            if config.async_rollout == "one_step_off" and step < config.steps:
+                ahead[step + 1] = start_generation(step + 1)  # generates while the learners train on this step
             with run.timer.phase("update"):
                 policy_stats, value_stats = [], []
                 generator = torch.Generator().manual_seed(step_seed)
@@ -295,6 +322,7 @@ def train(config: Config) -> dict:
                 "reward": scores.mean().item(),
                 "kl": float(kl),
                 "kl_coef": kl_controller.value,
+                "staleness": staleness,
                 "response_length": batch.response_mask.sum(1).mean().item(),
                 "data/passes": prompts_of.passes(step, config.prompts_per_step),
                 "tokens_per_s": batch.response_mask.sum().item() / max(run.timer.seconds.get("generate", 0), 1e-9),

@@ -66,7 +66,7 @@ from rlcore.core.config import (
 from rlcore.data.sources import Data, DataError, RowStream, load_rows, task_name
 from rlcore.models.build import build_models
 from rlcore.models.loading import encode_prompts, load_tokenizer, response_logits, token_logprobs
-from rlcore.runtime.cluster import init_ray
+from rlcore.runtime.cluster import init_ray, role_threads
 from rlcore.runtime.group import ActorGroup, gather, with_retries
 from rlcore.runtime.run import Run
 
@@ -175,6 +175,8 @@ class Topology:
 def build_topology(config: Config) -> Topology:
     """Policy rollouts (also the evaluators), a second sampler and reward workers when used, the learner."""
     policy = config.model.path
+    config = replace(config, rollout=role_threads(config.rollout), second_model=role_threads(config.second_model),
+                     reward=role_threads(config.reward), learner=role_threads(config.learner))
     return Topology(
         rollout_workers=ActorGroup.from_config(
             RolloutWorker, config.rollout, policy, config.rollout, dtype=config.model.dtype,
@@ -242,7 +244,8 @@ def sample_responses(topology: Topology, config: Config, tokenizer, rows: list[d
     texts = partial(text_responses, tokenizer, chat_template=config.data.apply_chat_template)
 
     def sampled(batch: Batch, source: str) -> Batch:  # RRHF has no importance ratio: drop the behaviour logprobs
-        return replace(batch, logprobs=None, info={**batch.info, "source": [source] * len(batch)})
+        info = {key: value for key, value in batch.info.items() if key != "version"}  # (and their weights' version)
+        return replace(batch, logprobs=None, info={**info, "source": [source] * len(batch)})
 
     if "data" in config.sources:
         pairs = [(i, j) for i in queries for j in range(len(rows[i]["responses"]))]

@@ -95,7 +95,7 @@ from rlcore.data.tasks import get_task, split_of
 from rlcore.models.build import build_model
 from rlcore.models.loading import response_logits, token_logprobs
 from rlcore.rewards.judge import average_scores, judge_prompt
-from rlcore.runtime.cluster import init_ray
+from rlcore.runtime.cluster import init_ray, role_threads
 from rlcore.runtime.group import ActorGroup, gather, with_retries
 from rlcore.runtime.run import Run
 
@@ -182,6 +182,7 @@ class Topology:
 
 def build_topology(config: Config, seed_model: str) -> Topology:
     """Rollout engines that write, answer and judge, and the learner that trains the same model."""
+    config = replace(config, rollout=role_threads(config.rollout), learner=role_threads(config.learner))
     return Topology(
         rollout_workers=ActorGroup.from_config(
             RolloutWorker, config.rollout, seed_model, config.rollout, dtype=config.model.dtype,

@@ -138,3 +138,14 @@ def test_custom_resources_steer_replicas_to_their_nodes():
 def test_distributed_group_forms_one_torch_process_group():
     with ActorGroup(AllReduce, 2, num_cpus=0.5, distributed=True) as group:
         assert group.run(AllReduce.sum_of_ranks) == [1.0, 1.0]  # 0 + 1 on every rank
+
+
+def test_role_threads_follow_the_cpu_share_and_split_a_shared_machine():
+    from rlcore.runtime.cluster import role_threads
+
+    cores = len(os.sched_getaffinity(0))
+    assert role_threads(RoleConfig(threads=3)).threads == 3  # set explicitly: kept
+    assert role_threads(RoleConfig(num_cpus=4)).threads == 4  # whole CPUs reserved: that many
+    assert role_threads(RoleConfig(num_cpus=0.25)).threads == cores  # alone on the machine: all its cores
+    assert role_threads(RoleConfig(num_cpus=0.25), sharing=2).threads == max(1, cores // 2)
+    assert role_threads(RoleConfig(num_cpus=0.25, num_workers=cores * 2)).threads == 1  # never below one

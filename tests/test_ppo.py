@@ -27,6 +27,8 @@ def ray_local():
 def test_config_rejects_bad_values():
     with pytest.raises(ConfigError, match="kl_estimator: 'k9' is not allowed"):
         load_config(ppo.Config, "launch/configs/ppo_tiny.yaml", ["kl_estimator=k9"], ignore=("algorithm",))
+    with pytest.raises(ConfigError, match="async_rollout: 'two_steps_off' is not allowed"):
+        load_config(ppo.Config, None, ["async_rollout=two_steps_off"])
     with pytest.raises(ConfigError, match="critic.num_workers: PPO needs at least one critic worker"):
         load_config(ppo.Config, None, ["critic.num_workers=0"])
 
@@ -51,6 +53,7 @@ def test_ppo_from_a_parquet_file_raises_heldout_accuracy(ray_local, tmp_path):
     assert all(s["correct"] == s["reward"] and s["answer"] and s["prompt"].endswith("=") for s in samples)
     steps = [r for r in rows if "reward" in r]
     assert len(steps) == config.steps
+    assert all(r["staleness"] == 0 for r in steps)  # generate, train, push: every batch from the latest weights
     for key in ["kl", "policy/clip_frac", "policy/entropy", "critic/loss", "explained_variance", "tokens_per_s",
                 "time/generate", "time/update", "time/sync"]:
         assert key in steps[-1], key
@@ -67,3 +70,17 @@ def test_grpo_raises_heldout_accuracy_without_a_critic(ray_local, tmp_path):
           f"in {result['wall_seconds']} s")
     assert not any(key.startswith("usage/critic/") for key in result), "a critic-free run builds no critic"
     assert result["heldout_accuracy_after"] - result["heldout_accuracy_before"] >= 0.08, result
+
+
+def test_one_step_off_rollout_learns_with_samples_one_update_old(ray_local, tmp_path):
+    """async_rollout=one_step_off: step k+1's batch is generated while the learners train on step k, so every
+    batch after the first comes from the weights one push old; PPO's ratio uses the log-probs that generated
+    them. Measured: 52.3 % -> 65.2 % in 16 steps, learner/rollout overlap 0.72 (2 cores shared by both)."""
+    config = load_config(ppo.Config, "launch/configs/ppo_tiny.yaml",
+                         [f"tracking.run_dir={tmp_path}", "tracking.wandb=false", "steps=20", "eval_every=20",
+                          "async_rollout=one_step_off"], ignore=("algorithm",))
+    result = ppo.train(config)
+    steps = [r for r in read_metrics(result["run_dir"]) if "reward" in r]
+    assert [r["staleness"] for r in steps] == [0] + [1] * (config.steps - 1)
+    assert result["usage/learner_rollout_overlap"] > 0.3, result
+    assert result["heldout_accuracy_after"] - result["heldout_accuracy_before"] >= 0.10, result

@@ -92,7 +92,8 @@ def test_failed_calls_are_counted_and_reraised():
 
 def test_snapshot_fields_and_decorated_methods_keep_their_names():
     stats = usage.snapshot()
-    assert set(stats) == {"busy_s", "busy_cpu_s", "cpu_s", "peak_rss_mb", "gpu_peak_mb", "calls", "methods"}
+    assert set(stats) == {"busy_s", "busy_cpu_s", "cpu_s", "peak_rss_mb", "gpu_peak_mb", "calls", "methods",
+                          "intervals"}
     assert stats["peak_rss_mb"] > 10 and stats["cpu_s"] > 0
     assert stats["gpu_peak_mb"] == (torch.cuda.max_memory_allocated() / 1024**2
                                     if torch.cuda.is_available() and torch.cuda.is_initialized() else 0.0)
@@ -112,6 +113,7 @@ def test_actor_group_usage_is_measured_inside_each_replica():
         assert 0.2 <= rank0["busy_s"] < 0.5 and 0.05 <= rank1["busy_s"] < 0.2, (rank0, rank1)
         assert rank0["methods"]["generate"]["tokens_out"] == 8 and rank0["calls"] == 2
         assert rank0["peak_rss_mb"] > 10
+        assert len(rank0["intervals"]) == 2 and all(end > start for start, end in rank0["intervals"])
         assert usage.snapshot()["calls"] == 0
         metrics = usage_metrics({"rollout": group, "none": ActorGroup(Worker, 0)})  # empty groups are left out
         assert metrics["usage/rollout/busy_s"] == pytest.approx(rank0["busy_s"] + rank1["busy_s"], abs=0.05)
@@ -123,3 +125,11 @@ def test_actor_group_usage_is_measured_inside_each_replica():
         group.kill()
     finally:
         ray.shutdown()
+
+
+def test_overlap_share_is_the_busy_time_others_cover():
+    assert usage.overlap_share([(0, 4)], [(1, 2), (1.5, 3)]) == pytest.approx(0.5)  # others cover 1..3
+    assert usage.overlap_share([(0, 1), (2, 3)], [(0.5, 2.5)]) == pytest.approx(0.5)
+    assert usage.overlap_share([(0, 2)], [(-1, 5)]) == 1.0 and usage.overlap_share([(0, 1)], [(1, 2)]) == 0.0
+    assert usage.overlap_share([], [(0, 1)]) == 0.0
+    assert usage.overlap_share([(0, 1), (0, 1)], [(0, 0.5)]) == pytest.approx(0.5)  # repeats count once

@@ -55,7 +55,8 @@ class RoleConfig:
     resources: dict[str, float] = field(default_factory=dict)
     """Custom Ray resources per replica, e.g. {rollout: 1} to land only on rollout nodes."""
     threads: int = 0
-    """Torch/vLLM compute threads per replica; 0 = all cores of the node (roles run one after another)."""
+    """Torch/vLLM compute threads per replica; 0 = its Ray CPU share, or with a fractional share the machine's
+    cores split between the replicas that compute at the same time (rlcore.runtime.cluster.role_threads)."""
     max_restarts: int = 3
     """Times Ray restarts a replica that died (the step it was in is retried); learner ranks are not restarted."""
 

@@ -20,6 +20,9 @@ inside another one (a CriticWorker's LearnerWorker, say) counts once, in the
 outermost call. `tokens_in` / `tokens_out` are the response tokens
 of a `Batch` argument / result: a rollout worker's `generate` tokens_out are the
 tokens it generated, a learner's `train_step` tokens_in the tokens it trained on.
+`intervals` are the (start, end) wall-clock times (time.time()) of the last
+`MAX_INTERVALS` busy calls, so that the driver can tell how much two roles
+overlapped (`overlap_share`).
 """
 
 from __future__ import annotations
@@ -36,7 +39,10 @@ from rlcore.core.batch import Batch
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+MAX_INTERVALS = 100_000
+
 _methods: dict[str, dict[str, float]] = {}
+_intervals: list[tuple[float, float]] = []
 _inside = threading.local()
 
 
@@ -47,14 +53,14 @@ def busy(method: F) -> F:
     def counted(*args: Any, **kwargs: Any) -> Any:
         if not _enter():
             return method(*args, **kwargs)
-        start, start_cpu = time.perf_counter(), time.process_time()
+        start, start_cpu, wall = time.perf_counter(), time.process_time(), time.time()
         result = None
         try:
             result = method(*args, **kwargs)
             return result
         finally:
             _leave(method.__name__, time.perf_counter() - start, time.process_time() - start_cpu,
-                   (*args, *kwargs.values()), result)
+                   (*args, *kwargs.values()), result, wall)
 
     return counted  # type: ignore[return-value]
 
@@ -67,9 +73,11 @@ def _enter() -> bool:
     return True
 
 
-def _leave(name: str, seconds: float, cpu_seconds: float, arguments: tuple, result: Any) -> None:
+def _leave(name: str, seconds: float, cpu_seconds: float, arguments: tuple, result: Any, wall: float) -> None:
     # Module-level (not inside `counted`), so that an actor class pickled by value still counts in this module.
     _inside.depth = 0
+    _intervals.append((wall, wall + seconds))
+    del _intervals[:-MAX_INTERVALS]
     row = _methods.setdefault(name, {"busy_s": 0.0, "busy_cpu_s": 0.0, "calls": 0, "tokens_in": 0, "tokens_out": 0})
     row["busy_s"] += seconds
     row["busy_cpu_s"] += cpu_seconds
@@ -90,12 +98,42 @@ def snapshot() -> dict[str, Any]:
         "gpu_peak_mb": _gpu_peak_mb(),
         "calls": sum(row["calls"] for row in methods.values()),
         "methods": methods,
+        "intervals": list(_intervals),
     }
 
 
 def reset() -> None:
     """Forget the busy counters (CPU time and peak memory are the process's own and stay)."""
     _methods.clear()
+    _intervals.clear()
+
+
+def overlap_share(busy: list[tuple[float, float]], others: list[tuple[float, float]]) -> float:
+    """The share of the time covered by `busy` intervals during which at least one of `others` was running.
+
+    E.g. busy [(0, 4)], others [(1, 2), (1.5, 3)]: others cover 1..3, so 2 of the 4 seconds overlap: 0.5.
+    0.0 when `busy` covers no time.
+    """
+    def merged(intervals):
+        out: list[list[float]] = []
+        for start, end in sorted(intervals):
+            if out and start <= out[-1][1]:
+                out[-1][1] = max(out[-1][1], end)
+            else:
+                out.append([start, end])
+        return out
+
+    mine, theirs = merged(busy), merged(others)
+    total = sum(end - start for start, end in mine)
+    shared, j = 0.0, 0
+    for start, end in mine:  # both lists are sorted and disjoint: one pass
+        while j < len(theirs) and theirs[j][1] <= start:
+            j += 1
+        k = j
+        while k < len(theirs) and theirs[k][0] < end:
+            shared += min(end, theirs[k][1]) - max(start, theirs[k][0])
+            k += 1
+    return shared / total if total > 0 else 0.0
 
 
 def _tokens(batch: Batch) -> int:

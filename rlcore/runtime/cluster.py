@@ -7,10 +7,15 @@ model cache) and the object-store size of a local instance.
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import ray
+
+from rlcore.core.config import RoleConfig
+
+R = TypeVar("R", bound=RoleConfig)
 
 OBJECT_STORE_BYTES = 200 * 1024**2
 """Object-store size of a local Ray instance: batches and tiny-model weights fit with room to spare."""
@@ -72,3 +77,19 @@ def init_ray(
     )
 
 
+
+
+def role_threads(role: R, sharing: int = 0) -> R:
+    """`role` with its compute threads per replica settled, so that replicas computing at the same time never ask
+    for more cores than the machine has.
+
+    `threads` > 0 is kept. Otherwise a replica that reserves whole CPUs (`num_cpus` >= 1) uses that many; a
+    fractional reservation means the roles time-share one machine (a laptop, CI), and the replica gets the
+    machine's cores split between the `sharing` replicas that compute at the same time (default: the role's
+    own replicas; PPO's policy and critic ranks update together, so they share).
+    """
+    if role.threads:
+        return role
+    if role.num_cpus >= 1:
+        return replace(role, threads=int(role.num_cpus))
+    return replace(role, threads=max(1, len(os.sched_getaffinity(0)) // max(1, sharing or role.num_workers)))
