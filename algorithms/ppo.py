@@ -134,6 +134,11 @@ class Config:
         check_choice("async_rollout", self.async_rollout, ["off", "one_step_off"])
         if self.advantage in ("grpo", "rloo"):
             check_range("rollout.n_samples", self.rollout.n_samples, 2)  # a group baseline needs two samples
+        if self.rollout.temperature != 1.0 or self.rollout.top_p < 1.0:
+            raise ConfigError(
+                f"rollout.temperature={self.rollout.temperature}, rollout.top_p={self.rollout.top_p}: PPO's ratio "
+                "and KL use the log-probs of the sampled tokens under the untempered, untruncated policy, which "
+                "is not the policy that sampled them; use temperature 1.0 and top_p 1.0")
         check_range("steps", self.steps, 1)
         check_range("prompts_per_step", self.prompts_per_step, 1)
         check_range("minibatches", self.minibatches, 1)
@@ -181,7 +186,7 @@ def build_topology(config: Config) -> Topology:
                                               task_name(config.data.train), policy),
         reference=ActorGroup.from_config(
             ReferenceWorker, config.reference, config.reference.path or policy, config.model.dtype,
-            config.reference.threads),
+            config.reference.threads, config.reference.micro_batch_size),
         critic=ActorGroup.from_config(
             CriticWorker, config.critic, policy, config.model, config.critic, distributed=True, seed=config.seed,
         ) if config.uses_critic else ActorGroup(CriticWorker, 0),
@@ -199,10 +204,11 @@ def policy_objective(model, batch: Batch, clip_eps: float, entropy_coef: float):
     logits = response_logits(model, batch)
     logp = token_logprobs(logits, batch)
     loss, stats = losses.ppo_policy_loss(logp, batch.logprobs, batch.advantages, batch.response_mask, clip_eps)
-    entropy = losses.masked_mean(losses.entropy_from_logits(logits.detach()), batch.response_mask)
     if entropy_coef:
         entropy = losses.masked_mean(losses.entropy_from_logits(logits), batch.response_mask)
         loss = loss - entropy_coef * entropy
+    else:  # only a metric: measured on a few rows, as the whole [B, R, vocab] entropy costs a log-softmax
+        entropy = losses.masked_mean(losses.entropy_from_logits(logits[:8].detach()), batch.response_mask[:8])
     return loss, {**stats, "entropy": entropy.detach()}
 
 

@@ -27,6 +27,10 @@ def ray_local():
 def test_config_rejects_bad_values():
     with pytest.raises(ConfigError, match="kl_estimator: 'k9' is not allowed"):
         load_config(ppo.Config, "launch/configs/ppo_tiny.yaml", ["kl_estimator=k9"], ignore=("algorithm",))
+    with pytest.raises(ConfigError, match="rollout.temperature=0.7, rollout.top_p=1.0: PPO's ratio"):
+        load_config(ppo.Config, None, ["rollout.temperature=0.7"])
+    with pytest.raises(ConfigError, match="top_p=0.9"):
+        load_config(ppo.Config, None, ["rollout.top_p=0.9"])
     with pytest.raises(ConfigError, match="async_rollout: 'two_steps_off' is not allowed"):
         load_config(ppo.Config, None, ["async_rollout=two_steps_off"])
     with pytest.raises(ConfigError, match="critic.num_workers: PPO needs at least one critic worker"):

@@ -200,6 +200,12 @@ class ReferenceConfig(RoleConfig):
 
     path: str = ""
     """Reference weights; empty = the policy's starting weights."""
+    micro_batch_size: int = 64
+    """Rows per forward pass (bounds the memory one pass holds)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_range("micro_batch_size", self.micro_batch_size, 1)
 
 
 @dataclass
