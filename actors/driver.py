@@ -115,6 +115,13 @@ def push_weights(learner: ActorGroup[LearnerWorker], *receivers: ActorGroup) -> 
     return learner.run(LearnerWorker.steps_taken)[0]
 
 
+def policy_servers(rollout_workers: ActorGroup[RolloutWorker], reward_workers: ActorGroup[RewardWorker],
+                   reward: RewardConfig) -> list[ActorGroup]:
+    """The groups that serve the policy's current weights: the rollout engines, and the reward workers when
+    they judge with the policy itself (reward.kind self_judge)."""
+    return [rollout_workers] + ([reward_workers] if reward.kind == "self_judge" and len(reward_workers) else [])
+
+
 class WeightSync:
     """Pushes the learner's weights to the groups that serve the policy (`push_weights`) and remembers the
     versions pushed, so that the driver can check which weights generated a batch (`staleness`)."""

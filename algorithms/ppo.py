@@ -38,7 +38,15 @@ import torch
 from tqdm import tqdm
 
 from actors.critic import CriticWorker
-from actors.driver import Generation, WeightSync, before_after, evaluate, load_train_eval, usage_metrics
+from actors.driver import (
+    Generation,
+    WeightSync,
+    before_after,
+    evaluate,
+    load_train_eval,
+    policy_servers,
+    usage_metrics,
+)
 from actors.learner import LearnerWorker
 from actors.reference import ReferenceWorker
 from actors.reward import RewardWorker
@@ -249,7 +257,8 @@ def train(config: Config) -> dict:
     kl_controller = (losses.AdaptiveKLController(config.kl_coef, config.kl_target, config.kl_horizon)
                      if config.kl_target > 0 else losses.FixedKLController(config.kl_coef))
     topology = build_topology(config)
-    resync = WeightSync(topology.learner, topology.rollout_workers)
+    resync = WeightSync(topology.learner, *policy_servers(topology.rollout_workers, topology.reward_workers,
+                                                          config.reward))
     retries = config.rollout.max_restarts
     max_staleness = 1 if config.async_rollout == "one_step_off" else 0
     ahead: dict[int, Generation] = {}  # one_step_off: the next step's generation, started before this step's update

@@ -46,7 +46,15 @@ from functools import partial
 import torch
 from tqdm import tqdm
 
-from actors.driver import before_after, evaluate, generate, load_train_eval, push_weights, usage_metrics
+from actors.driver import (
+    before_after,
+    evaluate,
+    generate,
+    load_train_eval,
+    policy_servers,
+    push_weights,
+    usage_metrics,
+)
 from actors.learner import LearnerWorker
 from actors.reward import RewardWorker
 from actors.rollout import RolloutWorker, Sampling
@@ -343,7 +351,8 @@ def train(config: Config) -> dict:
     run = Run(config, "rrhf", config.resume)
     topology = build_topology(config)
     retries = config.rollout.max_restarts
-    resync = partial(push_weights, topology.learner, topology.rollout_workers)
+    resync = partial(push_weights, topology.learner, *policy_servers(topology.rollout_workers,
+                                                                     topology.reward_workers, config.reward))
 
     def evaluation(step: int) -> dict[str, float]:
         """The held-out rows (accuracy, reward, samples) and the first training queries (accuracy); nothing

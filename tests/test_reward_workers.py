@@ -341,3 +341,44 @@ def test_rrhf_runs_with_the_tool_reward_by_config_change_only(themis_dir, tmp_pa
     rows = [row for row in read_metrics(result["run_dir"]) if "reward" in row]
     assert len(rows) == 1 and math.isfinite(rows[0]["reward"]) and rows[0]["queries"] == 4
     assert result["updates"] >= 1, result
+
+
+def test_the_self_judge_gets_the_learners_weights(two_policies):
+    """PPO and RRHF push the learner's weights to every group that serves the policy (`policy_servers`): with
+    reward.kind=self_judge that includes the reward workers, so the judge scores with the learner's weights
+    (here B's, while the judge started from A), not with the initial policy."""
+    import ray
+
+    from actors.driver import policy_servers, push_weights
+    from actors.learner import LearnerWorker
+    from actors.rollout import RolloutWorker
+    from rlcore.core.config import LearnerConfig, ModelConfig
+    from rlcore.runtime.cluster import init_ray
+    from rlcore.runtime.group import ActorGroup
+
+    path_a, path_b, _ = two_policies
+    config = RewardConfig(kind="self_judge", judge_samples=1, threads=1)
+    init_ray()
+    try:
+        rollouts = ActorGroup(RolloutWorker, 0)
+        judges = ActorGroup.from_config(RewardWorker, config, config, None, path_a)
+        assert policy_servers(rollouts, judges, RewardConfig(kind="rule")) == [rollouts]
+        learner = ActorGroup.from_config(LearnerWorker, LearnerConfig(threads=1), path_b, ModelConfig(path=path_b),
+                                         LearnerConfig(threads=1), distributed=True)
+
+        def greedy(worker):
+            worker.scorer.sampling = replace(worker.scorer.sampling, temperature=0.0)
+
+        ray.get(judges.actors[0].__ray_call__.remote(greedy))
+        batch = text_batch(PROMPTS, RESPONSES)
+        before = judges.run(RewardWorker.score, batch)[0].traces
+        push_weights(learner, *policy_servers(rollouts, judges, config))
+        after = judges.run(RewardWorker.score, batch)[0].traces
+        learner.kill()
+        judges.kill()
+    finally:
+        ray.shutdown()
+    judge_b = SelfJudgeScorer(RewardConfig(kind="self_judge", judge_samples=1), None, path_b,
+                              engine="transformers", temperature=0.0)
+    expected = judge_b(PROMPTS, RESPONSES).traces
+    assert before != expected and after == expected
