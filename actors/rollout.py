@@ -145,6 +145,8 @@ class RolloutWorker:
         self.llm = None
         self.hf_model = None
         self.max_context = AutoConfig.from_pretrained(self.model_path).max_position_embeddings
+        if config.max_model_len:
+            self.max_context = min(self.max_context, config.max_model_len)
         """Longest prompt + response the model takes; longer prompts are skipped by `generate`."""
         if config.engine == "vllm":
             self.llm = _start_vllm(self.model_path, config, dtype, self.on_gpu)
@@ -409,17 +411,21 @@ def _start_vllm(model_path: str, config: RolloutConfig, dtype: str, on_gpu: bool
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from vllm import LLM
 
-    kwargs = {"gpu_memory_utilization": config.gpu_memory_utilization} if on_gpu else {
+    kwargs = {"gpu_memory_utilization": config.gpu_memory_utilization, "enforce_eager": config.enforce_eager,
+              "tensor_parallel_size": config.tensor_parallel_size} if on_gpu else {
         "kv_cache_memory_bytes": int(config.kv_cache_gib * 1024**3),
         "enforce_eager": True,  # CPU: no graph capture to wait for (load 1.5 s instead of 8 s)
         # CPU: a seeded request whose prefill is split over two steps crashes vLLM-CPU's sampler ("CPU Generator
         # does not use offset", when it rewinds the discarded token's generator); whole prefills only.
         "enable_chunked_prefill": False,
     }
+    if config.max_model_len:
+        kwargs["max_model_len"] = config.max_model_len
     return LLM(
         model=model_path,
         dtype=dtype,
         seed=config.seed,
+        enable_prefix_caching=config.enable_prefix_caching,
         worker_extension_cls=EXTENSION,
         **kwargs,
     )

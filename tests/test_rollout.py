@@ -181,6 +181,7 @@ def test_generate_batch_layout(worker, model_dir, base_state):
     assert len(batch) == 24 and batch.prompt_length == max(map(len, prompts))
     assert batch.group.tolist() == [10 + i for i in range(6) for _ in range(4)]
     assert batch.info["prompt"] == [q for q in QUESTIONS for _ in range(4)]
+    assert batch.info["version"] == [0] * 24  # the weights' version that generated each row
     for row, (response, text) in enumerate(zip(responses(batch), batch.info["response"])):
         prompt = prompts[row // 4]
         assert batch.input_ids[row, batch.prompt_length - len(prompt) : batch.prompt_length].tolist() == prompt
@@ -328,3 +329,11 @@ def test_nccl_weight_broadcast(ray_local, model_dir):
     finally:
         ray.get(actor.shutdown.remote())
         ray.kill(actor)
+
+
+def test_max_model_len_bounds_the_context(model_dir):
+    """rollout.max_model_len caps prompt + response below the model's own context: longer prompts are skipped."""
+    worker = RolloutWorker(model_dir, RolloutConfig(engine="transformers", threads=1, max_model_len=64))
+    assert worker.max_context == 64
+    batch = worker.generate([QUESTIONS[0], "1" * 60], Sampling.greedy(MAX_NEW))  # 61 tokens > 64 - MAX_NEW
+    assert set(batch.group.tolist()) == {0}

@@ -158,6 +158,15 @@ class RolloutConfig(RoleConfig):
     """vLLM KV-cache size on CPU (GiB)."""
     gpu_memory_utilization: float = 0.5
     """vLLM's share of GPU memory (GPU only)."""
+    max_model_len: int = 0
+    """Longest prompt + response vLLM plans for; 0 = the model's own context (a 128k-context model wants
+    a bound on a small GPU: its KV cache must hold one whole sequence)."""
+    tensor_parallel_size: int = 1
+    """GPUs one engine spans (GPU only; give the role as many `num_gpus`)."""
+    enforce_eager: bool = False
+    """Skip CUDA graph capture (GPU; CPU engines always run eager)."""
+    enable_prefix_caching: bool = True
+    """Reuse the KV cache of shared prompt prefixes (the n samples of a prompt, few-shot headers)."""
     seed: int = 0
     """Sampling seed."""
 
@@ -167,6 +176,8 @@ class RolloutConfig(RoleConfig):
         check_range("top_p", self.top_p, 0, 1)
         check_range("max_new_tokens", self.max_new_tokens, 1)
         check_range("n_samples", self.n_samples, 1)
+        check_range("max_model_len", self.max_model_len, 0)
+        check_range("tensor_parallel_size", self.tensor_parallel_size, 1)
 
 
 @dataclass
