@@ -108,11 +108,11 @@ def push_weights(learner: ActorGroup[LearnerWorker], *receivers: ActorGroup) -> 
     """Learner rank 0's weights go into the object store once; every receiver (rollout workers, a self-judging
     reward worker, ...) loads them in place with its `update_weights`. Returns the version pushed."""
     update = learner.map(LearnerWorker.weights)[0]
+    version = learner.map(LearnerWorker.steps_taken)[0]
     refs = []
     for group in receivers:
         refs += group.map(group.actor_cls.update_weights, update)
-    gather(refs)
-    return learner.run(LearnerWorker.steps_taken)[0]
+    return gather([version, *refs])[0]
 
 
 def policy_servers(rollout_workers: ActorGroup[RolloutWorker], reward_workers: ActorGroup[RewardWorker],

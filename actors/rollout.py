@@ -144,10 +144,10 @@ class RolloutWorker:
         self.base_weights = _load_safetensors(self.model_path) if enable_lora else None
         self.llm = None
         self.hf_model = None
-        self.max_context = AutoConfig.from_pretrained(self.model_path).max_position_embeddings
-        if config.max_model_len:
-            self.max_context = min(self.max_context, config.max_model_len)
-        """Longest prompt + response the model takes; longer prompts are skipped by `generate`."""
+        self.max_context = min(AutoConfig.from_pretrained(self.model_path).max_position_embeddings,
+                               config.max_model_len or float("inf"))
+        """Longest prompt + response the model (and rollout.max_model_len) takes; longer prompts are skipped by
+        `generate`."""
         if config.engine == "vllm":
             self.llm = _start_vllm(self.model_path, config, dtype, self.on_gpu)
         else:

@@ -263,9 +263,12 @@ def train(config: Config) -> dict:
     max_staleness = 1 if config.async_rollout == "one_step_off" else 0
     ahead: dict[int, Generation] = {}  # one_step_off: the next step's generation, started before this step's update
 
+    def step_seed(step: int) -> int:  # samples and minibatches depend on the step alone
+        return config.seed * 1_000_003 + step
+
     def start_generation(step: int) -> Generation:
         rows = prompts_of.take(step, config.prompts_per_step)
-        sampling = replace(Sampling.from_config(config.rollout), seed=config.seed * 1_000_003 + step)
+        sampling = replace(Sampling.from_config(config.rollout), seed=step_seed(step))
         return Generation(topology.rollout_workers, [r["prompt"] for r in rows], sampling,
                           [r["answer"] for r in rows])
 
@@ -298,7 +301,6 @@ def train(config: Config) -> dict:
         last = first
         progress = tqdm(range(state["step"] + 1 if state else 1, config.steps + 1), desc="ppo", unit="step")
         for step in progress:
-            step_seed = config.seed * 1_000_003 + step  # samples and minibatches depend on the step alone
             with run.timer.phase("generate"):
                 batch = with_retries(lambda: rollout(step, ahead.pop(step, None)), retries, "generate", resync)
             staleness = resync.staleness(batch)
@@ -320,7 +322,7 @@ def train(config: Config) -> dict:
                 ahead[step + 1] = start_generation(step + 1)  # generates while the learners train on this step
             with run.timer.phase("update"):
                 policy_stats, value_stats = [], []
-                generator = torch.Generator().manual_seed(step_seed)
+                generator = torch.Generator().manual_seed(step_seed(step))
                 for _ in range(config.ppo_epochs):
                     for minibatch in batch.minibatches(-(-len(batch) // config.minibatches), generator):
                         policy_refs = topology.learner.shard(

@@ -27,6 +27,7 @@ overlapped (`overlap_share`).
 
 from __future__ import annotations
 
+import collections
 import functools
 import resource
 import sys
@@ -42,7 +43,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 MAX_INTERVALS = 100_000
 
 _methods: dict[str, dict[str, float]] = {}
-_intervals: list[tuple[float, float]] = []
+_intervals: collections.deque[tuple[float, float]] = collections.deque(maxlen=MAX_INTERVALS)
 _inside = threading.local()
 
 
@@ -77,7 +78,6 @@ def _leave(name: str, seconds: float, cpu_seconds: float, arguments: tuple, resu
     # Module-level (not inside `counted`), so that an actor class pickled by value still counts in this module.
     _inside.depth = 0
     _intervals.append((wall, wall + seconds))
-    del _intervals[:-MAX_INTERVALS]
     row = _methods.setdefault(name, {"busy_s": 0.0, "busy_cpu_s": 0.0, "calls": 0, "tokens_in": 0, "tokens_out": 0})
     row["busy_s"] += seconds
     row["busy_cpu_s"] += cpu_seconds
