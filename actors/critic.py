@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from actors.learner import LearnerWorker, Objective
+from actors.learner import LearnerWorker, MeanOver, Objective
 from rlcore.core.batch import Batch
 from rlcore.core.config import CriticConfig, ModelConfig
 from rlcore.models.loading import response_values
@@ -46,9 +46,9 @@ class CriticWorker:
         """Critic values before each response token, zero on padding: [B, R] (CPU, fp32)."""
         return self.learner.forward(batch, response_values)
 
-    def train_step(self, batch: Batch, objective: Objective) -> dict[str, float]:
+    def train_step(self, batch: Batch, objective: Objective, mean_over: MeanOver = "rows") -> dict[str, float]:
         """One optimizer step of `objective(value_model, micro_batch)` on this rank's share; see LearnerWorker."""
-        return self.learner.train_step(batch, objective)
+        return self.learner.train_step(batch, objective, mean_over)
 
     def save(self, path: str) -> None:
         """Checkpoint the critic (every rank)."""

@@ -10,9 +10,9 @@ from actors.reward import RewardWorker
 from actors.rollout import RolloutWorker, Sampling
 from rlcore.core import usage
 from rlcore.core.batch import Batch
-from rlcore.core.config import DataConfig, RewardConfig
+from rlcore.core.config import DataConfig, RewardConfig, RolloutConfig
 from rlcore.data.sources import Data, load_data, prompt_text
-from rlcore.models.loading import encode_prompts, load_tokenizer
+from rlcore.models.loading import encode_prompts, load_tokenizer, response_logprobs
 from rlcore.rewards.reference import reference_match
 from rlcore.runtime.group import ActorGroup, gather
 
@@ -104,6 +104,20 @@ def before_after(result: dict) -> str:
     return ", ".join(parts) or "no evaluation"
 
 
+def recomputes_logprobs(rollout: RolloutConfig, dtype: str) -> bool:
+    """Whether the losses take the learner's log-probs of the sampled tokens rather than the engine's
+    (`rollout.recompute_logprobs`; auto: below float32 precision)."""
+    if rollout.recompute_logprobs == "auto":
+        return dtype != "float32"
+    return rollout.recompute_logprobs == "always"
+
+
+def learner_logprobs(learner: ActorGroup[LearnerWorker], batch: Batch) -> torch.Tensor:
+    """The learner's log π of each response token of `batch` (one forward pass, rows shared over its ranks):
+    [B, R], zero on padding."""
+    return torch.cat(gather(learner.shard(LearnerWorker.forward, batch, response_logprobs)))
+
+
 def push_weights(learner: ActorGroup[LearnerWorker], *receivers: ActorGroup) -> int:
     """Learner rank 0's weights go into the object store once; every receiver (rollout workers, a self-judging
     reward worker, ...) loads them in place with its `update_weights`. Returns the version pushed."""
@@ -123,16 +137,58 @@ def policy_servers(rollout_workers: ActorGroup[RolloutWorker], reward_workers: A
 
 
 class WeightSync:
-    """Pushes the learner's weights to the groups that serve the policy (`push_weights`) and remembers the
-    versions pushed, so that the driver can check which weights generated a batch (`staleness`)."""
+    """Keeps the groups that serve the policy (rollout engines, a self-judging reward engine) on the learner's
+    weights, and remembers the versions pushed, so that the driver can check which weights generated a batch
+    (`staleness`).
 
-    def __init__(self, learner: ActorGroup[LearnerWorker], *receivers: ActorGroup) -> None:
-        self.learner, self.receivers = learner, receivers
+    Two transports (`rollout.weight_sync`):
+        collective    learner rank 0 and every engine's workers form one weight-update group (actors/vllm_ext.py:
+                      NCCL on GPU, gloo on CPU) and each push streams the weights tensor by tensor, with no copy
+                      of the model on either side. Used when every receiver runs a vLLM engine.
+        object_store  rank 0's weights go into the object store once and every receiver loads them
+                      (`push_weights`): the fallback.
+    A push first asks each receiver which group it is in. The question queues behind any call in flight (a
+    generation), so the broadcast starts only when every receiver is ready for it; and an engine that Ray
+    restarted is in no group, so the group is formed anew and the engine gets the current weights before it
+    serves again.
+    """
+
+    def __init__(self, learner: ActorGroup[LearnerWorker], *receivers: ActorGroup,
+                 transport: str = "collective") -> None:
+        self.learner, self.groups = learner, receivers
+        self.receivers = [(group, actor) for group in receivers for actor in group.actors]
         self.pushed = [0]
         """Versions pushed so far (learner optimizer steps; 0: the starting weights every engine loads)."""
+        sizes = gather([actor.weight_group_size.remote() for _, actor in self.receivers])
+        self.collective = transport == "collective" and bool(sizes) and all(sizes)
+        self.port: int | None = None
+        """The weight-update group's port (None: not formed yet)."""
+        self.metadata: list | None = None
+
+    def connect(self) -> None:
+        """Form the weight-update group: learner rank 0, then each receiver's workers (a new port each time)."""
+        sizes = gather([actor.weight_group_size.remote() for _, actor in self.receivers])
+        address, port = self.learner.endpoint()
+        world_size = 1 + sum(sizes)
+        refs = self.learner.map(LearnerWorker.join_weight_group, address, port, world_size)
+        offsets = [1 + sum(sizes[:i]) for i in range(len(sizes))]
+        refs += [actor.init_weight_group.remote(address, port, offset, world_size)
+                 for (_, actor), offset in zip(self.receivers, offsets)]
+        gather(refs)
+        self.metadata = gather(self.learner.map(LearnerWorker.weight_metadata))[0]
+        self.port = port
 
     def __call__(self) -> None:
-        self.pushed.append(push_weights(self.learner, *self.receivers))
+        if not self.collective:
+            self.pushed.append(push_weights(self.learner, *self.groups))
+            return
+        ports = gather([actor.weight_group_port.remote() for _, actor in self.receivers])
+        if self.port is None or any(port != self.port for port in ports):
+            self.connect()
+        version = gather(self.learner.map(LearnerWorker.steps_taken))[0]
+        refs = [actor.receive_weights.remote(self.metadata, version) for _, actor in self.receivers]
+        gather(refs + self.learner.map(LearnerWorker.broadcast_weights))
+        self.pushed.append(version)
 
     @property
     def version(self) -> int:

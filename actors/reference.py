@@ -9,7 +9,7 @@ import torch
 from actors.learner import batch_to, set_threads
 from rlcore.core.batch import Batch
 from rlcore.core.usage import busy
-from rlcore.models.loading import load_model, response_logits, token_logprobs
+from rlcore.models.loading import load_model, response_logprobs
 
 
 class ReferenceWorker:
@@ -27,7 +27,4 @@ class ReferenceWorker:
     def logprobs(self, batch: Batch) -> torch.Tensor:
         """log π_ref(response token) at each response position, zero on padding: [B, R] (CPU, fp32)."""
         chunks = batch.split(math.ceil(len(batch) / self.micro_batch_size))
-        return torch.cat([self._logprobs(batch_to(chunk, self.device)) for chunk in chunks]).cpu()
-
-    def _logprobs(self, chunk: Batch) -> torch.Tensor:
-        return token_logprobs(response_logits(self.model, chunk), chunk)
+        return torch.cat([response_logprobs(self.model, batch_to(chunk, self.device)) for chunk in chunks]).cpu()

@@ -26,7 +26,7 @@ import os
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -86,6 +86,11 @@ def _set_threads(threads: int) -> None:
     torch.set_num_threads(threads or len(os.sched_getaffinity(0)))
 
 
+def _device() -> torch.device:
+    """The GPU Ray assigned to this worker (reward.num_gpus), else the CPU."""
+    return torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
+
+
 class ModelScorer:
     """A trained scalar-head reward model (`rlcore.rewards.reward_model`), scored in batches."""
 
@@ -94,7 +99,7 @@ class ModelScorer:
             raise ValueError("reward.path: kind 'model' needs the folder of a trained reward model (rlcore train-rm)")
         _set_threads(config.threads)
         self.tokenizer = load_tokenizer(config.path)
-        self.model = load_model(config.path, head="reward").eval()
+        self.model = load_model(config.path, head="reward").to(_device()).eval()
         self.batch_size = batch_size
 
     def __call__(self, prompts: list[str], responses: list[str], answers=None) -> Scores:
@@ -112,11 +117,14 @@ class SelfJudgeScorer:
     """
 
     def __init__(self, config: RewardConfig, task: str | None, policy_model: str, engine: str = "vllm",
-                 temperature: float = 1.0, seed: int = 0) -> None:
+                 temperature: float = 1.0, seed: int = 0, rollout: RolloutConfig | None = None,
+                 dtype: str = "float32") -> None:
+        """`rollout` and `dtype`: the policy engines' settings (memory share, context, ...), which the judge's
+        engine takes too (its own threads and seed)."""
         if not policy_model:
             raise ValueError("reward.kind 'self_judge' needs the policy model (RewardWorker's policy_model)")
-        self.engine = RolloutWorker(policy_model, RolloutConfig(engine=engine, threads=config.threads, seed=seed),
-                                    enable_lora=True)
+        settings = replace(rollout or RolloutConfig(), engine=engine, threads=config.threads, seed=seed)
+        self.engine = RolloutWorker(policy_model, settings, dtype=dtype, enable_lora=True)
         compact = self.engine.tokenizer.chat_template == TINY_CHAT_TEMPLATE
         self.template = COMPACT_JUDGE_TEMPLATE if compact else JUDGE_RUBRIC
         self.sampling = Sampling(n=config.judge_samples, temperature=temperature,
@@ -159,7 +167,7 @@ class ToolScorer:
         if not config.path:
             raise ValueError("reward.path: kind 'tool' needs the folder of a Themis reward model (rlcore train-themis)")
         _set_threads(config.threads)
-        self.model = ThemisModel.load(config.path)
+        self.model = ThemisModel.load(config.path).to(_device())
         self.tokenizer = load_tokenizer(config.path)
         self.tools = TOOLS if tools is None else tools
         self.max_calls = max_calls
@@ -244,10 +252,13 @@ class RewardWorker:
     """Scores samples; reads the prompts, responses and (when there) reference answers from `batch.info`.
     `task`: the data's built-in task (a task:<name> source), or None."""
 
-    def __init__(self, config: RewardConfig, task: str | None = None, policy_model: str = "") -> None:
+    def __init__(self, config: RewardConfig, task: str | None = None, policy_model: str = "",
+                 rollout: RolloutConfig | None = None, dtype: str = "float32") -> None:
+        """`rollout`, `dtype`: the policy engines' settings, for a self-judging scorer's engine."""
         if config.kind not in SCORERS:
             raise ValueError(f"reward.kind {config.kind!r} is not available; choose one of {sorted(SCORERS)}")
-        self.scorer = SCORERS[config.kind](config, task, policy_model)
+        judge = {"rollout": rollout, "dtype": dtype} if config.kind == "self_judge" else {}
+        self.scorer = SCORERS[config.kind](config, task, policy_model, **judge)
 
     @busy
     def score(self, batch: Batch) -> Scores:
@@ -267,6 +278,23 @@ class RewardWorker:
         """Forward new policy weights to a scorer that judges with them (no-op for the others)."""
         if hasattr(self.scorer, "update_weights"):
             self.scorer.update_weights(update)
+
+    def weight_group_size(self) -> int:
+        """Ranks a self-judging engine takes in the learner's weight-update group (0 for other scorers)."""
+        engine = getattr(self.scorer, "engine", None)
+        return engine.weight_group_size() if engine is not None else 0
+
+    def init_weight_group(self, master_address: str, master_port: int, rank_offset: int, world_size: int) -> None:
+        self.scorer.engine.init_weight_group(master_address, master_port, rank_offset, world_size)
+
+    def weight_group_port(self) -> int | None:
+        engine = getattr(self.scorer, "engine", None)
+        return engine.weight_group_port() if engine is not None else None
+
+    @busy
+    def receive_weights(self, names_dtypes_shapes: list, version: int) -> float:
+        """A self-judging engine receives the learner's broadcast (see RolloutWorker.receive_weights)."""
+        return self.scorer.engine.receive_weights(names_dtypes_shapes, version)
 
     def shutdown(self) -> None:
         if hasattr(self.scorer, "shutdown"):

@@ -20,8 +20,9 @@ Weight updates (`WeightUpdate`) load in place. Full updates go to vLLM's
 `reload_weights` (its loaders repack for the CPU backend, where plain
 `param.copy_` is ignored); LoRA updates carry only the adapter and are merged
 here against a CPU copy of the base weights, so generation runs at full speed
-with no LoRA kernels. On GPU the learner can instead broadcast weights over
-NCCL (`init_weight_group` / `receive_weights`, see actors/vllm_ext.py).
+with no LoRA kernels. With the vllm engine the learner can instead broadcast
+weights tensor by tensor (`init_weight_group` / `receive_weights`: NCCL on GPU,
+gloo on CPU, see actors/vllm_ext.py and actors.driver.WeightSync).
 """
 
 from __future__ import annotations
@@ -141,6 +142,9 @@ class RolloutWorker:
         self.tokenizer = load_tokenizer(self.model_path)
         self.tied_embeddings = _ties_embeddings(self.model_path)
         self.version = 0
+        """The learner step whose weights this engine holds (0: the starting weights); batches carry it."""
+        self.weight_group: int | None = None
+        """The port of the weight-update group this engine is in (None: none; a restarted engine is in none)."""
         self.base_weights = _load_safetensors(self.model_path) if enable_lora else None
         self.llm = None
         self.hf_model = None
@@ -340,16 +344,28 @@ class RolloutWorker:
         tensors.update(merged)
         return tensors
 
-    def init_weight_group(self, master_address: str, master_port: int, rank_offset: int, world_size: int) -> None:
-        """GPU: join learner rank 0's NCCL weight-update group (see actors/vllm_ext.py); blocks until all join."""
-        if self.llm is None or not self.on_gpu:
-            raise RuntimeError("NCCL weight transport needs the vllm engine on a GPU")
-        self.llm.collective_rpc("init_weight_update_group", args=(master_address, master_port, rank_offset, world_size))
+    def weight_group_size(self) -> int:
+        """Ranks this engine takes in a collective weight sync (its tensor-parallel workers); 0: it cannot join
+        one (the transformers engine), the driver then pushes weights through the object store."""
+        return self.config.tensor_parallel_size if self.llm is not None else 0
 
-    def receive_weights(self, names_dtypes_shapes: list[tuple[str, torch.dtype, tuple]], version: int = 0) -> float:
-        """GPU: receive a broadcast of these tensors from learner rank 0 and load them; returns seconds."""
-        if self.llm is None or not self.on_gpu:
-            raise RuntimeError("NCCL weight transport needs the vllm engine on a GPU")
+    def init_weight_group(self, master_address: str, master_port: int, rank_offset: int, world_size: int) -> None:
+        """Join learner rank 0's weight-update group (actors/vllm_ext.py: NCCL on GPU, gloo on CPU) as ranks
+        `rank_offset`...; blocks until every member has joined. Leaves the group it was in."""
+        if self.llm is None:
+            raise RuntimeError("collective weight sync needs the vllm engine (rollout.engine: vllm)")
+        self.llm.collective_rpc("init_weight_update_group", args=(master_address, master_port, rank_offset,
+                                                                  world_size))
+        self.weight_group = master_port
+
+    def weight_group_port(self) -> int | None:
+        """The port of the weight-update group this engine is in; None when it is in none (e.g. restarted)."""
+        return self.weight_group
+
+    def receive_weights(self, names_dtypes_shapes: list[tuple[str, torch.dtype, tuple]], version: int) -> float:
+        """Receive a broadcast of these tensors from learner rank 0 and load them; returns seconds."""
+        if self.weight_group is None:
+            raise RuntimeError("receive_weights before init_weight_group")
         start = time.perf_counter()
         self.llm.collective_rpc("receive_weights", args=(list(names_dtypes_shapes),))
         self.llm.reset_prefix_cache()

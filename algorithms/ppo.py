@@ -19,9 +19,12 @@ dataset (rlcore.data.sources).
         sync        learner rank 0 → every rollout worker, in place, between generations
 
 Departures from the paper:
-- The old log-probs π_old are the rollout engine's own log-probs of the
-  sampled tokens (vLLM; equal to the learner's within ~1e-5 in fp32), not a
-  second learner forward pass.
+- In fp32 the old log-probs π_old are the rollout engine's own log-probs of
+  the sampled tokens (vLLM; equal to the learner's within ~1e-5), not a second
+  learner forward pass; in bf16/fp16 they drift, and the learner recomputes
+  them (`rollout.recompute_logprobs`). Every step logs the gap between the two
+  (logprob_gap/abs and /kl: on the whole batch when recomputed, else on the
+  first minibatch before its update).
 - No pretraining-mix term (PPO-ptx), and no reward-model normalisation.
 - Critic-free estimators (rlcore.core.losses) reuse the same loop and clipped loss: GRPO (Shao et al. 2024;
   `grpo_normalize_std: false` is Dr. GRPO) and RLOO take the outcome score minus β·Σ_t KL_t per response
@@ -43,8 +46,10 @@ from actors.driver import (
     WeightSync,
     before_after,
     evaluate,
+    learner_logprobs,
     load_train_eval,
     policy_servers,
+    recomputes_logprobs,
     usage_metrics,
 )
 from actors.learner import LearnerWorker
@@ -191,7 +196,8 @@ def build_topology(config: Config) -> Topology:
             enable_lora=config.model.lora_rank > 0, max_lora_rank=max(config.model.lora_rank, 1),
             chat_template=config.data.apply_chat_template),
         reward_workers=ActorGroup.from_config(RewardWorker, config.reward, config.reward,
-                                              task_name(config.data.train), policy),
+                                              task_name(config.data.train), policy, config.rollout,
+                                              config.model.dtype),
         reference=ActorGroup.from_config(
             ReferenceWorker, config.reference, config.reference.path or policy, config.model.dtype,
             config.reference.threads, config.reference.micro_batch_size),
@@ -208,7 +214,8 @@ def build_topology(config: Config) -> Topology:
 
 
 def policy_objective(model, batch: Batch, clip_eps: float, entropy_coef: float):
-    """Clipped surrogate (Schulman et al. 2017, eq. 7) minus an optional entropy bonus."""
+    """Clipped surrogate (Schulman et al. 2017, eq. 7) minus an optional entropy bonus: a token mean (train with
+    mean_over="tokens", so that every token of the step weighs the same, whatever micro-batch it lands in)."""
     logits = response_logits(model, batch)
     logp = token_logprobs(logits, batch)
     loss, stats = losses.ppo_policy_loss(logp, batch.logprobs, batch.advantages, batch.response_mask, clip_eps)
@@ -221,7 +228,7 @@ def policy_objective(model, batch: Batch, clip_eps: float, entropy_coef: float):
 
 
 def value_objective(model, batch: Batch, clip_eps: float):
-    """Clipped value loss against the GAE returns."""
+    """Clipped value loss against the GAE returns: a token mean (train with mean_over="tokens")."""
     values = response_values(model, batch)
     return losses.ppo_value_loss(values, batch.values, batch.returns, batch.response_mask, clip_eps)
 
@@ -258,9 +265,10 @@ def train(config: Config) -> dict:
                      if config.kl_target > 0 else losses.FixedKLController(config.kl_coef))
     topology = build_topology(config)
     resync = WeightSync(topology.learner, *policy_servers(topology.rollout_workers, topology.reward_workers,
-                                                          config.reward))
+                                                          config.reward), transport=config.rollout.weight_sync)
     retries = config.rollout.max_restarts
     max_staleness = 1 if config.async_rollout == "one_step_off" else 0
+    recompute = recomputes_logprobs(config.rollout, config.model.dtype)
     ahead: dict[int, Generation] = {}  # one_step_off: the next step's generation, started before this step's update
 
     def step_seed(step: int) -> int:  # samples and minibatches depend on the step alone
@@ -304,6 +312,11 @@ def train(config: Config) -> dict:
             with run.timer.phase("generate"):
                 batch = with_retries(lambda: rollout(step, ahead.pop(step, None)), retries, "generate", resync)
             staleness = resync.staleness(batch)
+            if recompute:  # the learner's log-probs, not the engine's, are the old policy's
+                with run.timer.phase("old_logprobs"):
+                    recomputed = learner_logprobs(topology.learner, batch)
+                gap = losses.logprob_gap(batch.logprobs, recomputed, batch.response_mask)
+                batch.logprobs = recomputed
             with run.timer.phase("reward"):
                 scores = torch.cat([s.rewards for s in with_retries(
                     lambda: gather(topology.reward_workers.shard(RewardWorker.score, batch)), retries, "reward")])
@@ -327,16 +340,22 @@ def train(config: Config) -> dict:
                     for minibatch in batch.minibatches(-(-len(batch) // config.minibatches), generator):
                         policy_refs = topology.learner.shard(
                             LearnerWorker.train_step, minibatch,
-                            partial(policy_objective, clip_eps=config.clip_eps, entropy_coef=config.entropy_coef))
+                            partial(policy_objective, clip_eps=config.clip_eps, entropy_coef=config.entropy_coef),
+                            mean_over="tokens")
                         value_refs = topology.critic.shard(
                             CriticWorker.train_step, minibatch,
-                            partial(value_objective, clip_eps=config.value_clip_eps)) if config.uses_critic else []
+                            partial(value_objective, clip_eps=config.value_clip_eps),
+                            mean_over="tokens") if config.uses_critic else []
                         policy_stats += gather(policy_refs)
                         value_stats += gather(value_refs)
             with run.timer.phase("sync"):
                 with_retries(resync, retries, "sync")
+            if not recompute:  # the first minibatch's ratio before its update is the engine-vs-learner gap
+                gap = {"abs": policy_stats[0]["abs_log_ratio"], "kl": policy_stats[0]["approx_kl"]}
             metrics = {
                 "reward": scores.mean().item(),
+                "logprob_gap/abs": float(gap["abs"]),
+                "logprob_gap/kl": float(gap["kl"]),
                 "kl": float(kl),
                 "kl_coef": kl_controller.value,
                 "staleness": staleness,

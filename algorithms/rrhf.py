@@ -47,12 +47,12 @@ import torch
 from tqdm import tqdm
 
 from actors.driver import (
+    WeightSync,
     before_after,
     evaluate,
     generate,
     load_train_eval,
     policy_servers,
-    push_weights,
     usage_metrics,
 )
 from actors.learner import LearnerWorker
@@ -104,7 +104,7 @@ class Config:
     reward: RewardConfig = field(default_factory=RewardConfig)
     """Reward workers (2-model mode)."""
     learner: LearnerConfig = field(default_factory=LearnerConfig)
-    """Policy learner ranks (grad_accumulation must be 1: micro-batches would cut queries apart)."""
+    """Policy learner ranks (their micro-batches hold whole queries)."""
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     """Run folder and wandb."""
     sources: list[str] = field(default_factory=lambda: ["policy", "diverse"])
@@ -158,9 +158,6 @@ class Config:
             raise ConfigError("reward.num_workers: 2-model mode needs at least one reward worker")
         if self.learner.num_workers < 1:
             raise ConfigError("learner.num_workers: RRHF needs at least one learner rank")
-        if self.learner.grad_accumulation != 1:
-            raise ConfigError("learner.grad_accumulation: must be 1 (micro-batches would cut a query's responses "
-                              "apart); use queries_per_update and more learner ranks")
 
 
 @dataclass
@@ -195,7 +192,8 @@ def build_topology(config: Config) -> Topology:
             dtype=config.model.dtype, chat_template=config.data.apply_chat_template,
         ) if "second_model" in config.sources else ActorGroup(RolloutWorker, 0),
         reward_workers=ActorGroup.from_config(
-            RewardWorker, config.reward, config.reward, task_name(config.data.train), policy
+            RewardWorker, config.reward, config.reward, task_name(config.data.train), policy, config.rollout,
+            config.model.dtype,
         ) if "data" not in config.sources else ActorGroup(RewardWorker, 0),
         learner=ActorGroup.from_config(
             LearnerWorker, config.learner, policy, config.model, config.learner, distributed=True,
@@ -207,7 +205,8 @@ def build_topology(config: Config) -> Topology:
 
 
 def rrhf_objective(model, batch: Batch, length_penalty: float, rrhf_weight: float):
-    """RRHF loss (eq. 1–3) over the whole queries of `batch`."""
+    """RRHF loss (eq. 1–3) over the whole queries of `batch`: a mean over queries (train with
+    mean_over="groups", so that micro-batches hold whole queries and every query of a step weighs the same)."""
     logp = token_logprobs(response_logits(model, batch), batch)
     loss, stats = losses.rrhf_loss(logp, batch.response_mask, batch.rewards, length_penalty, rrhf_weight,
                                    batch.group)
@@ -316,7 +315,8 @@ def update(learner: ActorGroup[LearnerWorker], batch: Batch, config: Config, gen
     for _ in range(config.epochs if num_queries >= len(learner) else 0):
         for minibatch in split_queries(batch, max(1, num_queries // config.queries_per_update), generator):
             chunks = split_queries(minibatch, len(learner))
-            stats += gather([actor.train_step.remote(chunk, objective) for actor, chunk in zip(learner.actors, chunks)])
+            stats += gather([actor.train_step.remote(chunk, objective, mean_over="groups")
+                             for actor, chunk in zip(learner.actors, chunks)])
     return stats
 
 
@@ -351,8 +351,8 @@ def train(config: Config) -> dict:
     run = Run(config, "rrhf", config.resume)
     topology = build_topology(config)
     retries = config.rollout.max_restarts
-    resync = partial(push_weights, topology.learner, *policy_servers(topology.rollout_workers,
-                                                                     topology.reward_workers, config.reward))
+    resync = WeightSync(topology.learner, *policy_servers(topology.rollout_workers, topology.reward_workers,
+                                                          config.reward), transport=config.rollout.weight_sync)
 
     def evaluation(step: int) -> dict[str, float]:
         """The held-out rows (accuracy, reward, samples) and the first training queries (accuracy); nothing

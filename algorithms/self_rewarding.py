@@ -64,7 +64,14 @@ from functools import partial
 import torch
 from tqdm import tqdm
 
-from actors.driver import generate, greedy_accuracy, push_weights, usage_metrics
+from actors.driver import (
+    WeightSync,
+    generate,
+    greedy_accuracy,
+    learner_logprobs,
+    recomputes_logprobs,
+    usage_metrics,
+)
 from actors.learner import LearnerWorker
 from actors.rollout import RolloutWorker, Sampling
 from algorithms.self_rewarding_seed import (
@@ -143,7 +150,7 @@ class Config:
     epochs: int = 2
     """Passes over each iteration's pairs."""
     pairs_per_step: int = 64
-    """Pairs per optimizer step (rounded down to a multiple of learner ranks × grad_accumulation)."""
+    """Pairs per optimizer step (rounded down to a multiple of the learner ranks)."""
     judge_eval_prompts: int = 128
     """Held-out prompts whose M0 candidates form the fixed judge-evaluation set."""
     seed: int = 0
@@ -198,7 +205,11 @@ def build_topology(config: Config, seed_model: str) -> Topology:
 
 def preference_objective(model, pairs: Batch, loss: str, beta: float, nll_weight: float = 0.0):
     """DPO / IPO over pairs laid out as rows 2i (chosen) and 2i+1 (rejected); log π(y) sums response tokens.
-    With nll_weight > 0, plus that times the chosen responses' per-token negative log-likelihood (IRPO)."""
+    With nll_weight > 0, plus that times the chosen responses' per-token negative log-likelihood (IRPO).
+
+    A mean over pairs (each pair is one group: train with mean_over="groups", so that micro-batches hold whole
+    pairs and every pair of a step weighs the same). The NLL term is a token mean within the micro-batch,
+    weighted by its pairs like the rest: the step's exact token mean when the step is one micro-batch."""
     token_logps = token_logprobs(response_logits(model, pairs), pairs)  # [2P, R]
     logps = token_logps.sum(-1)
     ref_logps = pairs.ref_logprobs.sum(-1)  # [2P]
@@ -257,12 +268,12 @@ def train(config: Config) -> dict:
     init_ray()
     seed_prompts = task.few_shot_prompts(config.seed_prompts, config.seed)
     eval_prompts = [e.prompt for e in task.examples("heldout", config.data.eval_size)]
-    multiple = config.learner.num_workers * config.learner.grad_accumulation
+    multiple = config.learner.num_workers  # every rank gets whole pairs; its micro-batches keep them whole
     objective = partial(preference_objective, loss=config.loss, beta=config.beta, nll_weight=config.nll_weight)
     run = Run(config, "self_rewarding", config.resume)
     topology = build_topology(config, seed_path)
     retries = config.rollout.max_restarts
-    resync = partial(push_weights, topology.learner, topology.rollout_workers)
+    resync = WeightSync(topology.learner, topology.rollout_workers, transport=config.rollout.weight_sync)
     try:
         state = run.restore(policy=topology.learner)
         if state:
@@ -301,17 +312,23 @@ def train(config: Config) -> dict:
                 rows, pair_counts = best_vs_worst(candidates, scores, config.min_margin)
                 pairs = candidates.select(rows)
                 pairs.ref_logprobs = pairs.logprobs  # log π_{M_{t-1}}, returned while sampling
+                gap = {}
+                if recomputes_logprobs(config.rollout, config.model.dtype):  # the learner still holds M_{t-1}
+                    pairs.ref_logprobs = learner_logprobs(topology.learner, pairs)
+                    gap = losses.logprob_gap(pairs.logprobs, pairs.ref_logprobs, pairs.response_mask)
             with run.timer.phase("dpo"):
                 stats, generator = [], torch.Generator().manual_seed(seed)
                 for _ in range(config.epochs):
                     for minibatch in pair_minibatches(pairs, config.pairs_per_step, multiple, generator):
-                        stats += gather(topology.learner.shard(LearnerWorker.train_step, minibatch, objective))
+                        stats += gather(topology.learner.shard(LearnerWorker.train_step, minibatch, objective,
+                                                               mean_over="groups"))
             with run.timer.phase("sync"):
                 with_retries(resync, retries, "sync")
             with run.timer.phase("eval"):
                 row = evaluate(topology, task, eval_prompts, judge_set, config, f"M{iteration}")
             row.update({**{f"prompts_{k}": v for k, v in prompt_counts.items()}, **pair_counts,
                         "judge_malformed": malformed, **verifier_view(task, candidates, pairs),
+                        **{f"logprob_gap/{k}": float(v) for k, v in gap.items()},
                         **{f"dpo/{k}": sum(s[k] for s in stats) / len(stats) for k in (stats[0] if stats else [])}})
             table.append(row)
             run.checkpoint(iteration, config.iterations, {"judge_set": judge_set, "table": table},

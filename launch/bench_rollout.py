@@ -7,14 +7,18 @@ Three measurements, each the median of `--reps` timed repetitions after one warm
 1. Ray overhead: tokens/s of `RolloutWorker.generate` through a Ray actor vs the
    same vLLM engine called in-process, on the same seeded prompts (goal >= 0.95).
 2. Engines: vLLM(-CPU) vs transformers `generate` on the same batch (tokens/s ratio).
-3. Weight sync: learner-side state dict -> `ray.put` once -> every rollout
-   worker's `update_weights`, vs a plain object-store round trip of the same
-   state dict (`ray.put` + `ray.get` in the driver; goal <= 1.5x), for the tiny
-   model and a ~100M-parameter Qwen2 (hidden 768, 12 layers, random init).
-   A second baseline, `put + actor receive`, ships the state dict to an actor
-   that only touches it: the transport alone, without loading. "zero-copy" repeats
-   the sync with WeightUpdate serialised as numpy arrays (`weights_as_arrays`),
-   which Ray maps from shared memory instead of unpickling a copy per reader.
+3. Weight sync: a DeepSpeed learner's weights pushed to every rollout worker
+   by `actors.driver.WeightSync`, the call the algorithms make after each update,
+   over each transport (`rollout.weight_sync`):
+     collective    learner rank 0 and the engines' workers in one group (gloo here,
+                   NCCL on GPU), streamed tensor by tensor (goal <= 1.0x the round trip);
+     object_store  rank 0's state dict `ray.put` once, loaded by every worker, as
+                   numpy arrays mapped from shared memory (WeightUpdate.__reduce__;
+                   goal <= 1.5x);
+   against a plain object-store round trip of the same state dict in the driver
+   (`ray.put` + `ray.get` of a dict of torch tensors), for the tiny model and a
+   ~113M-parameter Qwen2 (hidden 768, 12 layers, random init). A second baseline,
+   `put + actor receive`, ships the state dict to an actor that only touches it.
 
 Engines are timed one call at a time, in turn within each repetition (a 2-core machine
 cannot time two at once, and turns spread load from other processes evenly).
@@ -26,52 +30,30 @@ import argparse
 import json
 import statistics
 import time
-import warnings
 from pathlib import Path
 
 import ray
 import torch
 
+from actors.driver import WeightSync
+from actors.learner import LearnerWorker
 from actors.rollout import RolloutWorker, Sampling
-from rlcore.core.config import RolloutConfig
-from rlcore.core.weights import WeightUpdate
+from rlcore.core.config import LearnerConfig, ModelConfig, RolloutConfig
 from rlcore.data.tasks import get_task
-from rlcore.models.loading import load_model, resolve_model
+from rlcore.models.loading import resolve_model
 from rlcore.models.tiny import TinyModelSpec, build_tiny_model
 from rlcore.runtime.cluster import init_ray
+from rlcore.runtime.group import ActorGroup, gather
 
 BIG_SPEC = TinyModelSpec(hidden_size=768, num_layers=12, num_heads=12, intermediate_size=3072, max_positions=512)
 """~113M parameters with the tiny byte-level tokenizer (vocab 320)."""
 
 
-def weights_as_arrays(update: WeightUpdate) -> tuple:
-    """A WeightUpdate as numpy arrays, which Ray's object store hands to readers without a copy.
-
-    Ray pickles torch tensors (a copy on put and another on every get) but maps numpy
-    arrays straight from shared memory. bf16 travels as int16 bits.
-    """
-    arrays, dtypes = {}, {}
-    for name, tensor in update.tensors.items():
-        tensor = tensor.detach().cpu().contiguous()
-        dtypes[name] = str(tensor.dtype).removeprefix("torch.")
-        arrays[name] = (tensor.view(torch.int16) if tensor.dtype == torch.bfloat16 else tensor).numpy()
-    return arrays, dtypes, update.lora_scale, update.version
-
-
-def weights_from_arrays(payload: tuple) -> WeightUpdate:
-    """Inverse of `weights_as_arrays`: read-only tensors over the object store's memory."""
-    arrays, dtypes, lora_scale, version = payload
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # read-only arrays: the tensors are only read
-        tensors = {name: torch.from_numpy(a).view(getattr(torch, dtypes[name])) for name, a in arrays.items()}
-    return WeightUpdate(tensors, lora_scale=lora_scale, version=version)
-
-
 class Sink:
     """An actor that receives a state dict and only touches it: the object-store transport alone."""
 
-    def receive(self, update: WeightUpdate) -> int:
-        return update.num_bytes()
+    def receive(self, state: dict[str, torch.Tensor]) -> int:
+        return sum(t.numel() * t.element_size() for t in state.values())
 
 
 def timed(fn, reps: int) -> tuple[float, object]:
@@ -124,61 +106,48 @@ def bench_generation(model: str, args) -> dict:
 
 
 def bench_weight_sync(model: str, args) -> dict:
-    """Seconds per update through every worker vs object-store round trips of the same bytes."""
-    config = RolloutConfig(kv_cache_gib=args.kv_cache_gib, threads=args.threads)
-    remote_worker = ray.remote(RolloutWorker).options(num_cpus=2 / (args.workers + 1))
-    workers = [remote_worker.remote(model, config) for _ in range(args.workers)]
+    """Seconds per push through every worker, by transport, vs object-store round trips of the same bytes."""
+    learner_config = LearnerConfig(threads=1)
+    learner = ActorGroup.from_config(LearnerWorker, learner_config, model, ModelConfig(), learner_config,
+                                     distributed=True)
+    config = RolloutConfig(num_workers=args.workers, kv_cache_gib=args.kv_cache_gib, threads=args.threads)
+    workers = ActorGroup.from_config(RolloutWorker, config, model, config, enable_lora=False)
     sink = ray.remote(Sink).options(num_cpus=0).remote()
-    torch.manual_seed(1)
-    state = {k: v.detach().clone() for k, v in load_model(model).state_dict().items()}
-    state = {k: v + 1e-3 * torch.randn_like(v) for k, v in state.items()}  # the learner's next weights
-    update = WeightUpdate(state, version=1)
-    in_worker = []
-
-    def sync() -> None:
-        ref = ray.put(update)
-        in_worker.append(max(ray.get([w.update_weights.remote(ref) for w in workers])))
-        del ref
-
-    def round_trip() -> None:
-        ref = ray.put(update)
-        ray.get(ref)
-        del ref
-
-    def to_actor() -> None:
-        ref = ray.put(update)
-        ray.get(sink.receive.remote(ref))
-        del ref
-
-    ray.get([w.generate.remote(["1+1="], Sampling.greedy(2)) for w in workers])  # engines up before timing
-    sync_s, _ = timed(sync, args.reps)
-    in_worker_s = statistics.median(in_worker[1:])
-    round_trip_s, _ = timed(round_trip, args.reps)
-    to_actor_s, _ = timed(to_actor, args.reps)
-    ray.util.register_serializer(WeightUpdate, serializer=weights_as_arrays, deserializer=weights_from_arrays)
     try:
-        in_worker.clear()
-        zero_copy_sync_s, _ = timed(sync, args.reps)
-        zero_copy_in_worker_s = statistics.median(in_worker[1:])
+        state = learner.run(LearnerWorker.weights)[0].tensors  # a plain dict of torch tensors
+        gather(workers.map(RolloutWorker.generate, ["1+1="], Sampling.greedy(2)))  # engines up before timing
+        collective, object_store = (WeightSync(learner, workers, transport=transport)
+                                    for transport in ("collective", "object_store"))
+        assert collective.collective and not object_store.collective
+        collective_s, _ = timed(collective, args.reps)  # the warm-up call forms the group
+        object_store_s, _ = timed(object_store, args.reps)
+
+        def round_trip() -> None:
+            ref = ray.put(state)
+            ray.get(ref)
+            del ref
+
+        def to_actor() -> None:
+            ref = ray.put(state)
+            ray.get(sink.receive.remote(ref))
+            del ref
+
+        round_trip_s, _ = timed(round_trip, args.reps)
+        to_actor_s, _ = timed(to_actor, args.reps)
     finally:
-        ray.util.deregister_serializer(WeightUpdate)
-    for worker in workers:
-        ray.get(worker.shutdown.remote())
-        ray.kill(worker)
-    ray.kill(sink)
+        workers.kill()
+        learner.kill()
+        ray.kill(sink)
     return {
         "parameters": sum(v.numel() for k, v in state.items() if k != "lm_head.weight"),
-        "megabytes": update.num_bytes() / 1e6,
+        "megabytes": sum(t.numel() * t.element_size() for t in state.values()) / 1e6,
         "workers": args.workers,
-        "sync_s": sync_s,
-        "update_weights_in_worker_s": in_worker_s,
+        "collective_s": collective_s,
+        "object_store_s": object_store_s,
         "put_get_round_trip_s": round_trip_s,
         "put_actor_receive_s": to_actor_s,
-        "sync_over_round_trip": sync_s / round_trip_s,
-        "sync_over_actor_receive": sync_s / to_actor_s,
-        "zero_copy_sync_s": zero_copy_sync_s,
-        "zero_copy_update_weights_in_worker_s": zero_copy_in_worker_s,
-        "zero_copy_sync_over_round_trip": zero_copy_sync_s / round_trip_s,
+        "collective_over_round_trip": collective_s / round_trip_s,
+        "object_store_over_round_trip": object_store_s / round_trip_s,
     }
 
 
@@ -202,14 +171,14 @@ def print_generation(model: str, gen: dict, args: dict) -> None:
 
 def print_weight_sync(results: dict) -> None:
     print(f"\nweight sync (median of {results['args']['reps']}; seconds)")
-    print("sync = ray.put(update) once + every worker's update_weights; in worker = update_weights alone;")
-    print("zero-copy = the same sync with WeightUpdate travelling as numpy arrays (weights_as_arrays)")
+    print("collective = WeightSync over a gloo/NCCL group; object store = WeightSync through ray.put (numpy,")
+    print("zero-copy); put+get = a plain round trip of the same state dict in the driver")
     columns = [
         ("params", "parameters", "{:,}"), ("MB", "megabytes", "{:.0f}"), ("workers", "workers", "{}"),
-        ("sync", "sync_s", "{:.3f}"), ("in worker", "update_weights_in_worker_s", "{:.3f}"),
+        ("collective", "collective_s", "{:.3f}"), ("object store", "object_store_s", "{:.3f}"),
         ("put+get", "put_get_round_trip_s", "{:.3f}"), ("put+actor", "put_actor_receive_s", "{:.3f}"),
-        ("sync/put+get", "sync_over_round_trip", "{:.2f}"), ("zero-copy sync", "zero_copy_sync_s", "{:.3f}"),
-        ("zero-copy/put+get", "zero_copy_sync_over_round_trip", "{:.2f}"),
+        ("collective/put+get", "collective_over_round_trip", "{:.2f}"),
+        ("object store/put+get", "object_store_over_round_trip", "{:.2f}"),
     ]
     width = {title: max(len(title) + 2, 9) for title, _, _ in columns}
     width["params"] = 13

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import replace
+from functools import partial
 
 import pytest
 import ray
@@ -16,6 +17,7 @@ import torch
 from actors.critic import CriticWorker
 from actors.learner import LearnerWorker
 from actors.reference import ReferenceWorker
+from algorithms import ppo
 from rlcore.core.batch import Batch, make_batch
 from rlcore.core.config import CriticConfig, LearnerConfig, ModelConfig, ReferenceConfig
 from rlcore.core.weights import merge_lora
@@ -112,52 +114,111 @@ def test_zero_stages_train_save_and_load(batch, tmp_path):
             group.kill()
 
 
-def test_data_parallel_equals_accumulation_equals_one_big_batch(batch):
-    """One optimizer step over 8 rows gives the same weights whether the rows go
-    1 rank x 8, 2 ranks x 4 (DeepSpeed all-reduces the mean) or 1 rank x 4 x 2 accumulated.
+@pytest.fixture(scope="module")
+def ppo_batch(batch) -> Batch:
+    """`batch` with what PPO's policy loss reads: old log-probs (the model's plus noise, so that some ratios
+    clip) and random advantages; its rows hold 2-4 response tokens, so a token mean is not a row mean."""
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        logps = logprobs_of(load_model(MODEL).eval(), batch)
+    noise = 0.3 * torch.randn(logps.shape, generator=generator)
+    advantages = torch.randn(logps.shape, generator=generator)
+    return replace(batch, logprobs=(logps + noise) * batch.response_mask, advantages=advantages * batch.response_mask)
 
-    Tolerance (fp32, lr = 1e-3, clipping at norm 1): the grad norms agree to 1e-5 relative and
-    the losses to 1e-6. Weights: measured max |difference| 1.9e-6, with 49 of 1.1M
-    elements differing by more than 1e-7. Those are elements whose clipped gradient is below
-    AdamW's eps (1e-8): the first step moves them by lr * g / (|g| + eps), which turns the
-    ~1e-9 summation-order error of a nearly cancelling gradient into ~1e-6 (amplified by lr/eps).
-    Asserted: max |difference| < 1e-5 (1 % of lr) and fewer than 1 in 10^4 elements above 1e-7.
+
+def test_ppo_loss_update_does_not_depend_on_the_layout(ppo_batch):
+    """One optimizer step with PPO's token-mean loss on 7 rows gives the same weights whether the rows run on
+    1 rank in one micro-batch, 1 rank x 4 accumulated (2 + 2 + 2 + 1 rows), 2 ranks x 2 (4 + 3 rows) or 4 ranks
+    x 1; and under ZeRO-3, on 2 ranks with micro-batches of 3 (4 + 3 rows: 2 micro-batches on one rank, 1 on
+    the other, which runs a weightless one to keep ZeRO-3's collectives in step) as on 1 rank. The control,
+    1 x 4 with each micro-batch's token mean weighted by its rows (what a per-micro-batch mean does), moves
+    the weights differently.
+
+    Tolerance (fp32, lr = 1e-3, clipping at norm 1): max |difference| < 2e-5 (2 % of lr) and fewer than 1 in
+    10^4 elements above 1e-7. AdamW's first step moves an element whose gradient nearly cancels by
+    lr * g / (|g| + eps), amplifying a ~1e-9 summation-order difference (lr/eps = 1e5). Measured: max 2.5e-6
+    to 6.2e-6 for the ZeRO-0 layouts and 1.1e-5 for ZeRO-3 on 2 ranks against 1 rank, ~80 of 1.1M elements
+    above 1e-7 for each; ZeRO-3 against ZeRO-0 differs by 2.3e-5 on 1 rank alone (its own summation order),
+    hence the ZeRO-3 reference.
     """
-    one_rank = learners(1, lr=1e-3, micro_batch_size=8)
-    two_ranks = learners(2, lr=1e-3, micro_batch_size=4)
-    accumulated = learners(1, lr=1e-3, micro_batch_size=4, grad_accumulation=2)
+    objective = partial(ppo.policy_objective, clip_eps=0.2, entropy_coef=0.0)
+    groups = {
+        "one_micro_batch": learners(1, lr=1e-3, micro_batch_size=8),
+        "1x4_accumulated": learners(1, lr=1e-3, micro_batch_size=8, grad_accumulation=4),
+        "2x2": learners(2, lr=1e-3, micro_batch_size=2),
+        "4x1": learners(4, lr=1e-3, micro_batch_size=2),
+        "control_1x4_rows": learners(1, lr=1e-3, micro_batch_size=8, grad_accumulation=4),
+        "zero3_1_rank": learners(1, lr=1e-3, micro_batch_size=8, zero_stage=3),
+        "zero3_2_ranks_odd": learners(2, lr=1e-3, micro_batch_size=3, zero_stage=3),
+    }
+    rows = ppo_batch.select(list(range(7)))
     try:
-        start = one_rank.run(LearnerWorker.weights)[0].tensors
-        stats = {
-            "one_rank": gather(one_rank.map(LearnerWorker.train_step, batch, sft_objective))[0],
-            "two_ranks": gather(two_ranks.shard(LearnerWorker.train_step, batch, sft_objective)),
-            "accumulated": gather(accumulated.map(LearnerWorker.train_step, batch, sft_objective))[0],
-        }
-        after = {
-            "one_rank": one_rank.run(LearnerWorker.weights)[0].tensors,
-            "two_ranks": two_ranks.run(LearnerWorker.weights)[0].tensors,
-            "accumulated": accumulated.run(LearnerWorker.weights)[0].tensors,
-        }
+        start = groups["one_micro_batch"].run(LearnerWorker.weights)[0].tensors
+        stats, after = {}, {}
+        for name, group in groups.items():
+            mean_over = "rows" if name.startswith("control") else "tokens"
+            stats[name] = gather(group.shard(LearnerWorker.train_step, rows, objective, mean_over=mean_over))
+            after[name] = group.run(LearnerWorker.weights)[0].tensors
     finally:
-        for group in (one_rank, two_ranks, accumulated):
+        for group in groups.values():
             group.kill()
 
-    # the global gradient norm is the same everywhere; every rank reports it
-    norm = stats["one_rank"]["grad_norm"]
-    assert [s["grad_norm"] for s in stats["two_ranks"]] == pytest.approx([norm, norm], rel=1e-5)
-    assert stats["accumulated"]["grad_norm"] == pytest.approx(norm, rel=1e-5)
-    # the mean of the per-rank losses is the loss of the whole batch
-    two_rank_loss = sum(s["loss"] for s in stats["two_ranks"]) / 2
-    assert two_rank_loss == pytest.approx(stats["one_rank"]["loss"], rel=1e-6)
-
-    largest_update = max((after["one_rank"][k] - start[k]).abs().max().item() for k in start)
+    assert stats["one_micro_batch"][0]["clip_frac"] > 0  # the noise makes some ratios clip
+    largest_update = max((after["one_micro_batch"][k] - start[k]).abs().max().item() for k in start)
     assert largest_update > 5e-4  # the step did move the weights
-    for name in ("two_ranks", "accumulated"):
-        differences = torch.cat([(after[name][k] - after["one_rank"][k]).abs().flatten() for k in start])
-        print(f"{name}: max |weight difference| vs one rank {differences.max():.2e}, "
+
+    def compare(name: str, reference: str) -> torch.Tensor:
+        differences = torch.cat([(after[name][k] - after[reference][k]).abs().flatten() for k in start])
+        print(f"{name}: max |weight difference| vs {reference} {differences.max():.2e}, "
               f"{int((differences > 1e-7).sum())} of {differences.numel()} elements above 1e-7")
-        assert differences.max() < 1e-5, name
+        return differences
+
+    for name, reference in [("1x4_accumulated", "one_micro_batch"), ("2x2", "one_micro_batch"),
+                            ("4x1", "one_micro_batch"), ("zero3_2_ranks_odd", "zero3_1_rank")]:
+        for rank_stats in stats[name]:  # every rank reports the step's global means and gradient norm
+            assert rank_stats["loss"] == pytest.approx(stats[reference][0]["loss"], rel=1e-5, abs=1e-7), name
+            assert rank_stats["grad_norm"] == pytest.approx(stats[reference][0]["grad_norm"], rel=1e-5), name
+        differences = compare(name, reference)
+        assert differences.max() < 2e-5, name
         assert (differences > 1e-7).float().mean() < 1e-4, name
+    assert compare("control_1x4_rows", "one_micro_batch").max() > 1e-4
+
+
+def peak_rss_mb(group: ActorGroup) -> float:
+    return group.usage()[0]["peak_rss_mb"]
+
+
+def test_micro_batch_size_bounds_learner_memory():
+    """Peak learner memory does not grow with the batch at a fixed micro_batch_size: a PPO step on 64 rows of
+    240 tokens in micro-batches of 4 peaks where a step on 4 rows does, while the control, the same 64 rows
+    in one micro-batch, peaks far above (its activations and [64, 224, vocab] logits are alive at once)."""
+    generator = torch.Generator().manual_seed(0)
+    vocab = load_model(MODEL).config.vocab_size
+
+    def long_batch(rows: int) -> Batch:
+        prompts = torch.randint(3, vocab, (rows, 16), generator=generator).tolist()
+        responses = torch.randint(3, vocab, (rows, 224), generator=generator).tolist()
+        batch = make_batch(prompts, responses, pad_token_id=0)
+        noise = torch.randn(batch.response_mask.shape, generator=generator)
+        return replace(batch, logprobs=noise - 6.0, advantages=noise)
+
+    objective = partial(ppo.policy_objective, clip_eps=0.2, entropy_coef=0.0)
+    bounded, control = learners(1, micro_batch_size=4), learners(1, micro_batch_size=64)
+    try:
+        small, large = long_batch(4), long_batch(64)
+        peaks = {}
+        for name, group in (("bounded", bounded), ("control", control)):
+            group.run(LearnerWorker.train_step, small, objective, mean_over="tokens")
+            peaks[name, 4] = peak_rss_mb(group)
+            group.run(LearnerWorker.train_step, large, objective, mean_over="tokens")
+            peaks[name, 64] = peak_rss_mb(group)
+    finally:
+        bounded.kill()
+        control.kill()
+    growth = {name: peaks[name, 64] - peaks[name, 4] for name in ("bounded", "control")}
+    print(f"peak RSS (MiB) {peaks}; growth from 4 to 64 rows {growth}")
+    assert growth["control"] > 300, growth  # the large batch in one piece costs hundreds of MiB
+    assert growth["bounded"] < 0.1 * growth["control"], growth
 
 
 def test_lora_starts_at_base_model_and_ships_only_adapters(batch):

@@ -27,6 +27,7 @@ from rlcore.core.losses import (
     kl_k2,
     kl_k3,
     kl_penalized_rewards,
+    logprob_gap,
     masked_mean,
     masked_sum,
     masked_var,
@@ -398,7 +399,8 @@ def test_ppo_policy_loss_clip_cases():
     loss = (−1.1 − 1.2 − 0.5 + 1.5 + 0.8)/5 = −0.1; clip_frac = 2/5 = 0.4.
     approx_kl = mean of ρ − log ρ − 1:
       ρ = 1.1: 0.0046898, ρ = 1.5: 0.0945349, ρ = 0.5: 0.1931472
-      -> (0.0046898 + 2·0.0945349 + 2·0.1931472)/5 = 0.1160108."""
+      -> (0.0046898 + 2·0.0945349 + 2·0.1931472)/5 = 0.1160108.
+    abs_log_ratio = (ln 1.1 + 2 ln 1.5 + 2 |ln 0.5|)/5 = (0.0953102 + 0.8109302 + 1.3862944)/5 = 0.4585070."""
     ratios = torch.tensor([[1.1, 1.5, 0.5, 1.5, 0.5]])
     advantages = torch.tensor([[1.0, 1.0, 1.0, -1.0, -1.0]])
     old_logp = torch.full((1, 5), -2.0)
@@ -407,6 +409,7 @@ def test_ppo_policy_loss_clip_cases():
     close(loss.detach(), -0.1)
     close(stats["clip_frac"], 0.4)
     close(stats["approx_kl"], 0.1160108)
+    close(stats["abs_log_ratio"], 0.4585070)
     loss.backward()
     close(logp.grad, [[-0.22, 0.0, -0.1, 0.3, 0.0]])
 
@@ -422,6 +425,22 @@ def test_ppo_policy_loss_on_policy_equals_minus_mean_advantage():
     close(loss, -3.0)
     close(stats["clip_frac"], 0.0)
     close(stats["approx_kl"], 0.0)
+
+
+def test_logprob_gap_is_ppo_stats_before_an_update():
+    """Engine log-probs [−1, −2, pad] against the learner's [−1.5, −1.5, pad]: Δ = ±0.5 ->
+    abs = 0.5; kl = mean of k3 = e^{∓0.5} ± 0.5 − 1 = (0.1065307 + 0.1487213)/2 = 0.1276260; and the same
+    numbers as ppo_policy_loss's abs_log_ratio and approx_kl with the learner's as logp."""
+    engine = torch.tensor([[-1.0, -2.0, GARBAGE]])
+    learner = torch.tensor([[-1.5, -1.5, -GARBAGE]])
+    mask = torch.tensor([[1, 1, 0]])
+    gap = logprob_gap(engine, learner, mask)
+    close(gap["abs"], 0.5)
+    close(gap["kl"], 0.1276260)
+    _, stats = ppo_policy_loss(learner, engine, torch.zeros(1, 3), mask, clip_eps=0.2)
+    close(stats["abs_log_ratio"], gap["abs"])
+    close(stats["approx_kl"], gap["kl"])
+    close(logprob_gap(engine, engine, mask)["kl"], 0.0)
 
 
 def test_ppo_value_loss_clipping():

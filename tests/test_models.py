@@ -3,7 +3,7 @@
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from rlcore.core.batch import make_batch
+from rlcore.core.batch import Batch, make_batch
 from rlcore.models.loading import (
     encode_prompts,
     load_model,
@@ -69,3 +69,35 @@ def test_heads_and_logprobs_follow_left_padding():
     value_model = load_model("tiny:arithmetic", head="value").train()
     assert torch.equal(response_values(value_model, batch), response_values(value_model, batch))  # no dropout
     assert rewards.shape == (2, 1)
+
+
+def test_chunked_token_logprobs_equal_log_softmax_with_gradients():
+    """`token_logprobs` works on a few positions at a time (here 3 of 7: chunks of 3, 3, 1) and equals the
+    plain log_softmax(logits.float()) gathered at the targets: values and gradients, fp32 and bf16 logits.
+    Log-probs (fp32 in both) agree to fp32 rounding (~1e-7 relative); gradients too in fp32, and in bf16 to
+    bf16 rounding (each gradient element is cast to bf16 once in both)."""
+    generator = torch.Generator().manual_seed(0)
+    rows, prompt, response, vocab = 4, 2, 7, 50
+    input_ids = torch.randint(0, vocab, (rows, prompt + response), generator=generator)
+    response_mask = (torch.arange(response) < torch.tensor([[7], [5], [1], [3]])).float()  # [B, R]
+    batch = Batch(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), response_mask=response_mask,
+                  group=torch.arange(rows))
+    weights = torch.randn(rows, response, generator=generator)  # an arbitrary loss: Σ w · log p
+    for dtype, tolerance in ((torch.float32, 1e-6), (torch.bfloat16, 1e-2)):  # bf16: an ulp near 1 is 8e-3
+        base = (torch.randn(rows, response + 1, vocab, generator=generator) * 4).to(dtype)  # sliced as the model's
+        results = []
+        for chunked in (True, False):
+            full = base.clone().requires_grad_()
+            logits = full[:, 1:]  # a strided view, as `response_logits` returns
+            if chunked:
+                logps = token_logprobs(logits, batch, chunk_elements=3 * rows * vocab)
+            else:
+                targets = input_ids[:, prompt:]
+                logps = torch.log_softmax(logits.float(), -1).gather(-1, targets[..., None]).squeeze(-1) * response_mask
+            (weights * logps).sum().backward()
+            results.append((logps.detach(), full.grad))
+        (chunked_logps, chunked_grad), (plain_logps, plain_grad) = results
+        assert chunked_logps.dtype == torch.float32 and chunked_grad.dtype == dtype
+        torch.testing.assert_close(chunked_logps, plain_logps, atol=1e-6, rtol=1e-6)
+        torch.testing.assert_close(chunked_grad.float(), plain_grad.float(), atol=tolerance, rtol=1e-6)
+        assert chunked_logps[2, 1:].abs().sum() == 0  # padding positions

@@ -18,7 +18,7 @@ import torch
 from filelock import FileLock
 
 from actors.rollout import RolloutWorker, Sampling
-from actors.vllm_ext import broadcast_weights, open_weight_group, weight_metadata
+from actors.vllm_ext import WeightGroup, broadcast_weights, weight_metadata
 from rlcore.core.batch import Batch
 from rlcore.core.config import RolloutConfig
 from rlcore.core.weights import WeightUpdate
@@ -314,7 +314,7 @@ def test_nccl_weight_broadcast(ray_local, model_dir):
     try:
         port = free_port()
         joined = actor.init_weight_group.remote("127.0.0.1", port, 1, 2)
-        group = open_weight_group("127.0.0.1", port, 0, 2, torch.device("cuda:0"))
+        group = WeightGroup("127.0.0.1", port, 0, 2, torch.device("cuda:0"))
         ray.get(joined)
         perturbed = perturbed_state(model_dir)
         named = [(k, v.cuda()) for k, v in perturbed.items() if k != "lm_head.weight"]

@@ -59,7 +59,6 @@ def test_config_rejects_bad_modes(tmp_path):
         (["sources=[data]", "data_path=x.jsonl", "rounds=3"], "sources"),
         (["sources=[second_model]"], "second_model"),
         (["sources=[beam]"], "sources[0]"),
-        (["learner.grad_accumulation=2"], "learner.grad_accumulation"),
     ]:
         with pytest.raises(ConfigError, match=key.replace("[", r"\[")):
             tiny_config(*overrides, run_dir=tmp_path)

@@ -169,6 +169,14 @@ class RolloutConfig(RoleConfig):
     """Reuse the KV cache of shared prompt prefixes (the n samples of a prompt, few-shot headers)."""
     seed: int = 0
     """Sampling seed."""
+    weight_sync: Literal["collective", "object_store"] = "collective"
+    """How the learner's weights reach the engines: a broadcast group (NCCL on GPU, gloo on CPU), streamed
+    tensor by tensor; or copies through Ray's object store. The transformers engine always uses the store."""
+    recompute_logprobs: Literal["auto", "always", "never"] = "auto"
+    """Whose log-probs of the sampled tokens the losses use as the sampling policy's (PPO's old log-probs,
+    self-rewarding's DPO reference): the learner's, recomputed in one forward pass (always), or the ones the
+    engine returned with its samples (never). auto: the learner's unless model.dtype is float32, where the two
+    agree; in bf16 or fp16 an engine's kernels drift from the learner's."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -236,9 +244,11 @@ class LearnerConfig(RoleConfig):
     total_steps: int = 1000
     """Optimizer steps the schedule spans."""
     micro_batch_size: int = 64
-    """Rows per forward/backward on one rank."""
+    """Most rows per forward/backward on one rank: bounds the learner's memory whatever the batch (a step runs
+    as many micro-batches as its rows need)."""
     grad_accumulation: int = 1
-    """Micro-batches per optimizer step."""
+    """At least this many micro-batches per optimizer step, even where micro_batch_size allows fewer (smaller
+    micro-batches, less memory); the update does not depend on it."""
     max_grad_norm: float = 1.0
     """Gradient clipping (0 = off)."""
     zero_stage: int = 0

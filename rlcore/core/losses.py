@@ -193,6 +193,21 @@ KL_ESTIMATORS: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
 }
 
 
+def logprob_gap(engine_logp: Tensor, learner_logp: Tensor, mask: Tensor) -> dict[str, Tensor]:
+    """How far the log-probs an engine returned with its samples are from the learner's, for the same weights:
+
+        abs = token-mean |log π_engine − log π_learner|
+        kl  = token-mean k3 estimate of KL(π_engine || π_learner) (the tokens were sampled from π_engine)
+
+    engine_logp, learner_logp, mask: [B, T] -> 0-dim each; both 0 when they agree. The same numbers as
+    `ppo_policy_loss`'s abs_log_ratio and approx_kl with logp = learner's, old_logp = engine's.
+    """
+    bool_mask = _bool_mask(mask)
+    engine_logp, learner_logp = engine_logp.detach(), learner_logp.detach()
+    return {"abs": masked_mean((engine_logp - learner_logp).abs(), bool_mask),
+            "kl": masked_mean(kl_k3(engine_logp, learner_logp), bool_mask)}
+
+
 def _last_counted_index(mask: Tensor) -> Tensor:
     """Index of the last nonzero of each row: [B, T] -> [B] (long).
     Raises ValueError if a row has no counted token."""
@@ -423,7 +438,10 @@ def ppo_policy_loss(
       clip_frac  — fraction of counted tokens where the clipped term is the
                    larger one (strictly), i.e. where the gradient is cut;
       approx_kl  — token-mean k3 estimate of KL(π_old || π) (the tokens were
-                   sampled from π_old).
+                   sampled from π_old);
+      abs_log_ratio — token-mean |log ρ_t|.
+    Before the step's first update, π is the learner's and π_old the engine's
+    that sampled: the last two are then their `logprob_gap`.
     """
     bool_mask = _bool_mask(mask)
     old_logp, advantages = old_logp.detach(), advantages.detach()
@@ -436,6 +454,7 @@ def ppo_policy_loss(
         stats = {
             "clip_frac": masked_mean((clipped > unclipped).to(logp.dtype), bool_mask),
             "approx_kl": masked_mean(kl_k3(old_logp, logp.detach()), bool_mask),
+            "abs_log_ratio": masked_mean(log_ratio.detach().abs(), bool_mask),
         }
     return loss, stats
 

@@ -118,11 +118,65 @@ def response_logits(model, batch) -> torch.Tensor:
     return out.logits[:, batch.prompt_length - 1 : -1]
 
 
-def token_logprobs(logits: torch.Tensor, batch) -> torch.Tensor:
-    """log π(response token) at each response position, fp32, zero on padding: [B, R]."""
+LOGPROB_CHUNK_ELEMENTS = 2**26
+"""Logits `token_logprobs` casts to fp32 at a time (256 MiB): a few positions of a long response × a large
+vocabulary, rather than the whole [B, R, V] in fp32."""
+
+
+def token_logprobs(logits: torch.Tensor, batch, chunk_elements: int = LOGPROB_CHUNK_ELEMENTS) -> torch.Tensor:
+    """log π(response token) at each response position, fp32, zero on padding: [B, R].
+
+    At most `chunk_elements` logits are ever held in fp32. Logits that fit go
+    through one fp32 log_softmax; larger ones through `ChunkedTokenLogProbs`,
+    log_softmax(z)[y] = z_y − logsumexp(z) for a chunk of positions at a time,
+    in the forward and again in the backward: a log_softmax of the whole
+    `logits.float()` would hold two fp32 copies of [B, R, V] for the backward,
+    the largest tensors of a training step with a large vocabulary.
+    """
     targets = batch.input_ids[:, batch.prompt_length :]
-    logps = torch.log_softmax(logits.float(), dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-    return logps * batch.response_mask
+    if logits.numel() <= chunk_elements:
+        logps = torch.log_softmax(logits.float(), dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+        return logps * batch.response_mask
+    positions = max(1, chunk_elements // max(1, logits.shape[0] * logits.shape[-1]))
+    return ChunkedTokenLogProbs.apply(logits, targets, positions) * batch.response_mask
+
+
+class ChunkedTokenLogProbs(torch.autograd.Function):
+    """log softmax(logits)[targets] in fp32, `positions` response positions at a time: [B, R, V], [B, R] -> [B, R].
+
+    Saves only the logits (alive anyway) and the fp32 logsumexp [B, R]; the
+    backward recomputes each chunk's softmax: ∂ log p_y / ∂ z_v = 1[v = y] − softmax(z)_v,
+    cast to the logits' dtype once per chunk.
+    """
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, targets: torch.Tensor, positions: int) -> torch.Tensor:
+        logsumexp = torch.empty(targets.shape, dtype=torch.float32, device=logits.device)
+        logps = torch.empty_like(logsumexp)
+        for start in range(0, targets.shape[1], positions):
+            span = slice(start, start + positions)
+            chunk = logits[:, span].float()  # [B, positions, V]: the only fp32 copy alive
+            logsumexp[:, span] = torch.logsumexp(chunk, dim=-1)
+            logps[:, span] = chunk.gather(-1, targets[:, span, None]).squeeze(-1) - logsumexp[:, span]
+        ctx.save_for_backward(logits, targets, logsumexp)
+        ctx.positions = positions
+        return logps
+
+    @staticmethod
+    def backward(ctx, grad_logps: torch.Tensor):
+        logits, targets, logsumexp = ctx.saved_tensors
+        grad_logits = torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
+        for start in range(0, targets.shape[1], ctx.positions):
+            span = slice(start, start + ctx.positions)
+            grad = torch.exp(logits[:, span].float() - logsumexp[:, span, None]) * -grad_logps[:, span, None]
+            grad.scatter_add_(-1, targets[:, span, None], grad_logps[:, span, None])
+            grad_logits[:, span] = grad
+        return grad_logits, None, None
+
+
+def response_logprobs(model, batch) -> torch.Tensor:
+    """log π(response token) under `model` at each response position, fp32, zero on padding: [B, R]."""
+    return token_logprobs(response_logits(model, batch), batch)
 
 
 def response_values(value_model, batch) -> torch.Tensor:

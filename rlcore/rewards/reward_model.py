@@ -182,11 +182,12 @@ def score_responses(model, tokenizer, prompts: list[str], responses: list[str], 
                     max_length: int = 256) -> torch.Tensor:
     """Rewards of (prompt, response) pairs: [B]."""
     model.eval()
+    device = next(model.parameters()).device
     texts = [reward_text(tokenizer, p, r) for p, r in zip(prompts, responses)]
     out = []
     for i in range(0, len(texts), batch_size):
         input_ids, attention_mask = encode_right_padded(tokenizer, texts[i : i + batch_size], max_length)
-        out.append(sequence_rewards(model, input_ids, attention_mask))
+        out.append(sequence_rewards(model, input_ids.to(device), attention_mask.to(device)).cpu())
     return torch.cat(out) if out else torch.zeros(0)
 
 

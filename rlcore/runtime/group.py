@@ -194,8 +194,8 @@ class ActorGroup(Generic[T]):
     def __exit__(self, *exc: Any) -> None:
         self.kill()
 
-    def _master_endpoint(self) -> dict[str, Any]:
-        """`master_addr` / `master_port`: a free port on the node of rank 0's bundle."""
+    def endpoint(self) -> tuple[str, int]:
+        """The IP address of rank 0's node and a TCP port free on it right now (for a group rank 0 creates)."""
         if self.placement_group is None:
             node_id = ray.get_runtime_context().get_node_id()
         else:
@@ -203,7 +203,11 @@ class ActorGroup(Generic[T]):
         probe = ray.remote(free_endpoint).options(
             num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False)
         )
-        addr, port = ray.get(probe.remote())
+        return tuple(ray.get(probe.remote()))
+
+    def _master_endpoint(self) -> dict[str, Any]:
+        """`master_addr` / `master_port`: a free port on the node of rank 0's bundle."""
+        addr, port = self.endpoint()
         return {"master_addr": addr, "master_port": port}
 
 

@@ -40,9 +40,11 @@ class ThemisModel(nn.Module):
 
     @torch.no_grad()
     def rewards(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Rewards alone (no logits): [B]."""
+        """Rewards alone (no logits): [B], on the inputs' device (moved to the model's to compute)."""
+        device = self.value_head.weight.device
+        input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
         hidden = self.lm.get_decoder()(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        return self._rewards(hidden, attention_mask)
+        return self._rewards(hidden, attention_mask).cpu()
 
     def _rewards(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return self.value_head(last_token_values(hidden, attention_mask)).squeeze(-1).float()

@@ -36,7 +36,7 @@ def hf_generator(lm, tokenizer, max_new_tokens: int) -> GenerateFn:
         input_ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(p)) + p for p in prefixes])
         attention_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prefixes])
         kwargs = {"stop_strings": list(stop), "tokenizer": tokenizer} if stop else {}
-        out = lm.generate(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=max_new_tokens,
+        out = lm.generate(input_ids=input_ids.to(lm.device), attention_mask=attention_mask.to(lm.device), max_new_tokens=max_new_tokens,
                           do_sample=False, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
                           **kwargs)
         results = []
