@@ -23,6 +23,10 @@ and the cores the workers actually got are printed alongside), not a property of
 over 1, i.e. the speed-up if each worker had a core (a node) to itself. It leaves out the driver's
 serial share and transfer waits, so it is an upper bound that the wall-time ratio approaches on idle
 nodes; if it is near 2, splitting prompts over workers costs the workers nothing extra.
+
+`hardware` is the reference for both: the same two ratios for a fixed compute-bound workload (one
+thread, small matmuls) split over 2 plain processes vs 1, measured before the cluster starts. Two CPUs
+that are siblings of one core, or shared with other tenants, give less than 2 to any two processes.
 """
 
 from __future__ import annotations
@@ -31,6 +35,8 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
+import sys
 import time
 from dataclasses import asdict, dataclass
 
@@ -143,6 +149,50 @@ def process_cpu_seconds(actor) -> float:
     return time.process_time()
 
 
+HARDWARE_PROBE = """
+import sys, time, torch
+torch.set_num_threads(1)
+a = torch.randn(192, 192)
+print("ready", flush=True)
+sys.stdin.readline()
+iterations, cpu, start = int(sys.argv[1]), time.process_time(), time.perf_counter()
+for _ in range(iterations):
+    a = torch.tanh(a @ a)
+print(time.process_time() - cpu, time.perf_counter() - start, flush=True)
+"""
+"""One process's share of a fixed compute-bound workload: one thread, small matmuls; prints CPU and wall seconds."""
+
+
+def run_probes(processes: int, iterations: int) -> list[tuple[float, float]]:
+    """Split `iterations` over `processes` probe processes started together; (cpu_s, wall_s) of each."""
+    children = [subprocess.Popen([sys.executable, "-c", HARDWARE_PROBE, str(iterations // processes)],
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+                for _ in range(processes)]
+    try:
+        for child in children:  # torch imported and warm in every process before any starts
+            assert child.stdout.readline().strip() == "ready"
+        for child in children:
+            child.stdin.write("go\n")
+            child.stdin.flush()
+        return [tuple(map(float, child.communicate(timeout=300)[0].split())) for child in children]
+    finally:
+        for child in children:
+            child.kill()
+
+
+def hardware_speedup(iterations: int = 6000) -> dict:
+    """What 2 processes gain over 1 on this machine right now, for plain compute with no rlcore in it.
+
+    The reference for the rollout ratios: on 2 free physical cores both are near 2; where the two CPUs
+    are siblings of one core or shared with other tenants, the machine itself gives less, and so will
+    any 2 workers on it.
+    """
+    (one_cpu, one_wall), = run_probes(1, iterations)
+    two = run_probes(2, iterations)
+    return {"ratio": one_wall / max(wall for _, wall in two),
+            "cpu_time_ratio": one_cpu / max(cpu for cpu, _ in two)}
+
+
 def measure(model: str, prompts: list[str], sampling: Sampling, workers: int, calls: int) -> Measurement:
     """Start `workers` rollout workers (threads=1, one `rollout` unit each), warm up, time `calls` generate calls."""
     config = RolloutConfig(num_workers=workers, num_cpus=1, threads=1, resources={"rollout": 1}, kv_cache_gib=0.25)
@@ -203,6 +253,8 @@ def main(argv: list[str] | None = None) -> dict:
     prompts = [example.prompt for example in get_task("arithmetic").examples("train", args.prompts)]
     sampling = Sampling(n=args.n, temperature=1.0, max_new_tokens=args.max_new_tokens)
     load_before = os.getloadavg()
+    machine = hardware_speedup()
+    print(f"plain compute, 2 processes over 1: wall {machine['ratio']:.2f}x, CPU-time {machine['cpu_time_ratio']:.2f}x")
     cluster = start_cluster()
     try:
         placement = ppo_placement()
@@ -213,7 +265,7 @@ def main(argv: list[str] | None = None) -> dict:
     finally:
         ray.shutdown()
         cluster.shutdown()
-    result.update(load_average_before=load_before, load_average_after=os.getloadavg(), cpus=os.cpu_count(),
+    result.update(hardware=machine, load_average_before=load_before, load_average_after=os.getloadavg(), cpus=os.cpu_count(),
                   prompts=args.prompts, n=args.n, max_new_tokens=args.max_new_tokens, model=args.model)
     print(json.dumps(result, indent=2))
     return result
