@@ -156,24 +156,24 @@ class WeightSync:
     def __init__(self, learner: ActorGroup[LearnerWorker], *receivers: ActorGroup,
                  transport: str = "collective") -> None:
         self.learner, self.groups = learner, receivers
-        self.receivers = [(group, actor) for group in receivers for actor in group.actors]
+        self.receivers = [actor for group in receivers for actor in group.actors]
         self.pushed = [0]
         """Versions pushed so far (learner optimizer steps; 0: the starting weights every engine loads)."""
-        sizes = gather([actor.weight_group_size.remote() for _, actor in self.receivers])
-        self.collective = transport == "collective" and bool(sizes) and all(sizes)
+        self.sizes = gather([actor.weight_group_size.remote() for actor in self.receivers])
+        """Ranks each receiver takes in the group (its engine's workers; 0: it cannot join one)."""
+        self.collective = transport == "collective" and bool(self.sizes) and all(self.sizes)
         self.port: int | None = None
         """The weight-update group's port (None: not formed yet)."""
         self.metadata: list | None = None
 
     def connect(self) -> None:
         """Form the weight-update group: learner rank 0, then each receiver's workers (a new port each time)."""
-        sizes = gather([actor.weight_group_size.remote() for _, actor in self.receivers])
         address, port = self.learner.endpoint()
-        world_size = 1 + sum(sizes)
+        world_size = 1 + sum(self.sizes)
         refs = self.learner.map(LearnerWorker.join_weight_group, address, port, world_size)
-        offsets = [1 + sum(sizes[:i]) for i in range(len(sizes))]
+        offsets = [1 + sum(self.sizes[:i]) for i in range(len(self.sizes))]
         refs += [actor.init_weight_group.remote(address, port, offset, world_size)
-                 for (_, actor), offset in zip(self.receivers, offsets)]
+                 for actor, offset in zip(self.receivers, offsets)]
         gather(refs)
         self.metadata = gather(self.learner.map(LearnerWorker.weight_metadata))[0]
         self.port = port
@@ -182,11 +182,11 @@ class WeightSync:
         if not self.collective:
             self.pushed.append(push_weights(self.learner, *self.groups))
             return
-        ports = gather([actor.weight_group_port.remote() for _, actor in self.receivers])
+        ports = gather([actor.weight_group_port.remote() for actor in self.receivers])
         if self.port is None or any(port != self.port for port in ports):
             self.connect()
         version = gather(self.learner.map(LearnerWorker.steps_taken))[0]
-        refs = [actor.receive_weights.remote(self.metadata, version) for _, actor in self.receivers]
+        refs = [actor.receive_weights.remote(self.metadata, version) for actor in self.receivers]
         gather(refs + self.learner.map(LearnerWorker.broadcast_weights))
         self.pushed.append(version)
 

@@ -29,13 +29,13 @@ from typing import Any, Literal
 
 import torch
 
-from actors.vllm_ext import WeightGroup
+from actors.vllm_ext import WeightGroup, broadcast_weights, weight_metadata
 from rlcore.core.batch import Batch
 from rlcore.core.config import LearnerConfig, ModelConfig
 from rlcore.core.usage import busy
 from rlcore.core.weights import WeightUpdate
 from rlcore.models.export import save_hf_folder
-from rlcore.models.loading import load_model
+from rlcore.models.loading import load_model, model_device
 from rlcore.runtime.rendezvous import init_torch_distributed
 
 Objective = Callable[[torch.nn.Module, Batch], tuple[torch.Tensor, dict[str, Any]]]
@@ -156,7 +156,7 @@ class LearnerWorker:
         self.consecutive_skips = 0
         self.weight_group: WeightGroup | None = None
         """Rank 0: the collective weight-update group with the engines that serve the policy (join_weight_group)."""
-        self.device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
+        self.device = model_device()
         init_torch_distributed(rank, world_size, master_addr, master_port)
 
         torch.manual_seed(seed)  # the same on every rank: a new head or LoRA A starts identical everywhere
@@ -316,7 +316,7 @@ class LearnerWorker:
     def weight_metadata(self) -> list[tuple[str, torch.dtype, tuple]] | None:
         """Rank 0: (name, dtype, shape) of each tensor `broadcast_weights` sends, in order; other ranks: None.
         Call on every rank (ZeRO-3 gathers)."""
-        metadata = [(name, tensor.dtype, tuple(tensor.shape)) for name, tensor in self._policy_weights()]
+        metadata = weight_metadata(self._policy_weights())
         return metadata if self.rank == 0 else None
 
     @busy
@@ -324,11 +324,12 @@ class LearnerWorker:
         """Rank 0 broadcasts the policy's weights to the weight-update group, tensor by tensor in the order of
         `weight_metadata` (ZeRO-3 gathers one parameter at a time; no copy of the model). Call on every rank,
         while every engine of the group runs its `receive_weights`. Returns the version sent."""
-        for _, tensor in self._policy_weights():
-            if self.rank == 0:
-                self.weight_group.broadcast(tensor.contiguous())
+        weights = self._policy_weights()
         if self.rank == 0:
-            self.weight_group.synchronize()
+            broadcast_weights(self.weight_group, weights)
+        else:
+            for _ in weights:  # ZeRO-3: every rank takes part in each parameter's gather
+                pass
         return self.version
 
     def steps_taken(self) -> int:

@@ -37,7 +37,7 @@ from rlcore.core.usage import busy
 from rlcore.core.weights import WeightUpdate
 from rlcore.data.sources import prompt_text
 from rlcore.data.tasks import get_task
-from rlcore.models.loading import load_model, load_tokenizer
+from rlcore.models.loading import load_model, load_tokenizer, model_device
 from rlcore.models.tiny import TINY_CHAT_TEMPLATE
 from rlcore.rewards.judge import COMPACT_JUDGE_TEMPLATE, JUDGE_RUBRIC, average_scores, judge_prompt, parse_score
 from rlcore.rewards.reference import reference_match
@@ -86,11 +86,6 @@ def _set_threads(threads: int) -> None:
     torch.set_num_threads(threads or len(os.sched_getaffinity(0)))
 
 
-def _device() -> torch.device:
-    """The GPU Ray assigned to this worker (reward.num_gpus), else the CPU."""
-    return torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
-
-
 class ModelScorer:
     """A trained scalar-head reward model (`rlcore.rewards.reward_model`), scored in batches."""
 
@@ -99,7 +94,7 @@ class ModelScorer:
             raise ValueError("reward.path: kind 'model' needs the folder of a trained reward model (rlcore train-rm)")
         _set_threads(config.threads)
         self.tokenizer = load_tokenizer(config.path)
-        self.model = load_model(config.path, head="reward").to(_device()).eval()
+        self.model = load_model(config.path, head="reward").to(model_device()).eval()
         self.batch_size = batch_size
 
     def __call__(self, prompts: list[str], responses: list[str], answers=None) -> Scores:
@@ -167,7 +162,7 @@ class ToolScorer:
         if not config.path:
             raise ValueError("reward.path: kind 'tool' needs the folder of a Themis reward model (rlcore train-themis)")
         _set_threads(config.threads)
-        self.model = ThemisModel.load(config.path).to(_device())
+        self.model = ThemisModel.load(config.path).to(model_device())
         self.tokenizer = load_tokenizer(config.path)
         self.tools = TOOLS if tools is None else tools
         self.max_calls = max_calls

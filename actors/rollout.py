@@ -48,8 +48,7 @@ from rlcore.models.loading import (
     load_model,
     load_tokenizer,
     resolve_model,
-    response_logits,
-    token_logprobs,
+    response_logprobs,
 )
 
 ENGINES = ("vllm", "transformers")
@@ -280,7 +279,7 @@ class RolloutWorker:
                     response_mask=batch.response_mask.to(device),
                     group=batch.group,
                 )
-                return token_logprobs(response_logits(self.hf_model, on_device), on_device).cpu()
+                return response_logprobs(self.hf_model, on_device).cpu()
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 

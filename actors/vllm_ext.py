@@ -50,7 +50,6 @@ class WeightGroup:
     """
 
     def __init__(self, address: str, port: int, rank: int, world_size: int, device: torch.device) -> None:
-        self.port, self.device = port, device
         if device.type == "cuda":
             from vllm.distributed.device_communicators.pynccl import PyNcclCommunicator
             from vllm.distributed.utils import StatelessProcessGroup

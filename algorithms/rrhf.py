@@ -73,7 +73,7 @@ from rlcore.core.config import (
 )
 from rlcore.data.sources import Data, DataError, RowStream, load_rows, task_name
 from rlcore.models.build import build_models
-from rlcore.models.loading import encode_prompts, load_tokenizer, response_logits, token_logprobs
+from rlcore.models.loading import encode_prompts, load_tokenizer, response_logprobs
 from rlcore.runtime.cluster import init_ray, role_threads
 from rlcore.runtime.group import ActorGroup, gather, with_retries
 from rlcore.runtime.run import Run
@@ -207,16 +207,11 @@ def build_topology(config: Config) -> Topology:
 def rrhf_objective(model, batch: Batch, length_penalty: float, rrhf_weight: float):
     """RRHF loss (eq. 1–3) over the whole queries of `batch`: a mean over queries (train with
     mean_over="groups", so that micro-batches hold whole queries and every query of a step weighs the same)."""
-    logp = token_logprobs(response_logits(model, batch), batch)
+    logp = response_logprobs(model, batch)
     loss, stats = losses.rrhf_loss(logp, batch.response_mask, batch.rewards, length_penalty, rrhf_weight,
                                    batch.group)
     scores = stats.pop("scores")
     return loss, {**stats, "rank_accuracy": rank_accuracy(scores, batch)}
-
-
-def response_logprobs(model, batch: Batch) -> torch.Tensor:
-    """log π of every response token: [B, R] (for `LearnerWorker.forward`)."""
-    return token_logprobs(response_logits(model, batch), batch)
 
 
 def rank_accuracy(scores: torch.Tensor, batch: Batch) -> torch.Tensor:

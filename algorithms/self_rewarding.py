@@ -100,7 +100,7 @@ from rlcore.core.config import (
 from rlcore.data.sources import task_name
 from rlcore.data.tasks import get_task, split_of
 from rlcore.models.build import build_model
-from rlcore.models.loading import response_logits, token_logprobs
+from rlcore.models.loading import response_logprobs
 from rlcore.rewards.judge import average_scores, judge_prompt
 from rlcore.runtime.cluster import init_ray, role_threads
 from rlcore.runtime.group import ActorGroup, gather, with_retries
@@ -210,7 +210,7 @@ def preference_objective(model, pairs: Batch, loss: str, beta: float, nll_weight
     A mean over pairs (each pair is one group: train with mean_over="groups", so that micro-batches hold whole
     pairs and every pair of a step weighs the same). The NLL term is a token mean within the micro-batch,
     weighted by its pairs like the rest: the step's exact token mean when the step is one micro-batch."""
-    token_logps = token_logprobs(response_logits(model, pairs), pairs)  # [2P, R]
+    token_logps = response_logprobs(model, pairs)  # [2P, R]
     logps = token_logps.sum(-1)
     ref_logps = pairs.ref_logprobs.sum(-1)  # [2P]
     pair_losses, chosen_rewards, rejected_rewards = losses.PREFERENCE_LOSSES[loss](

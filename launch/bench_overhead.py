@@ -64,7 +64,7 @@ def plain_ppo(config) -> list[dict[str, float]]:
     from algorithms.ppo import estimate_advantages, policy_objective, value_objective
     from rlcore.core.weights import WeightUpdate
     from rlcore.data.sources import RowStream
-    from rlcore.models.loading import load_model, resolve_model, response_logits, response_values, token_logprobs
+    from rlcore.models.loading import load_model, resolve_model, response_logprobs, response_values
 
     torch.manual_seed(config.seed)
     train_data, _ = load_train_eval(config.data, config.model.path, config.steps * config.prompts_per_step)
@@ -97,7 +97,7 @@ def plain_ppo(config) -> list[dict[str, float]]:
                                                                               batch.info["response"])])
             lap("reward")
             with torch.no_grad():
-                batch.ref_logprobs = token_logprobs(response_logits(reference, batch), batch)
+                batch.ref_logprobs = response_logprobs(reference, batch)
             lap("reference")
             if critic is not None:
                 with torch.no_grad():

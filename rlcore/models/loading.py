@@ -55,6 +55,11 @@ def load_tokenizer(name_or_path: str):
     return tokenizer
 
 
+def model_device() -> torch.device:
+    """Where this process puts its models: the GPU Ray assigned it (the role's num_gpus), else the CPU."""
+    return torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
+
+
 def load_model(name_or_path: str, head: str = "causal_lm", dtype: str = "float32"):
     """Load a model with one of three heads: "causal_lm", "reward" (sequence scalar) or "value" (token scalar)."""
     from transformers import (

@@ -21,7 +21,7 @@ from rlcore.core.tracking import new_run_dir
 from rlcore.core.training import Optimizer, progress
 from rlcore.data.tasks import Example, Task, get_task
 from rlcore.models.cache import TINY_PREFIX
-from rlcore.models.loading import encode_prompts, load_model, load_tokenizer, response_logits, token_logprobs
+from rlcore.models.loading import encode_prompts, load_model, load_tokenizer, response_logprobs
 from rlcore.models.tiny import TinyModelSpec, build_tiny_model
 
 
@@ -105,7 +105,7 @@ def sft_step(model, tokenizer, examples: list[Example], optimizer: Optimizer) ->
     """One optimizer step of token-mean NLL on the examples' answers; the loss."""
     model.train()
     batch = answer_batch(tokenizer, examples)
-    return optimizer.step(-(token_logprobs(response_logits(model, batch), batch).sum() / batch.response_mask.sum()))
+    return optimizer.step(-(response_logprobs(model, batch).sum() / batch.response_mask.sum()))
 
 
 def train_sft(config: SFTConfig, path: str | Path) -> SFTResult:
