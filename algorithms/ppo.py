@@ -9,9 +9,9 @@ dataset (rlcore.data.sources).
 
     for each step:
         generate    n responses per prompt with the current policy      (rollout workers)
-        reward      score each response                                 (reward workers)
-        reference   log π_ref of every response token                   (reference)
-        values      V(s_t) before every response token                  (critic)
+        score       at once: the reward of each response                (reward workers)
+                             log π_ref of every response token          (reference)
+                             V(s_t) before every response token         (critic)
         advantages  r_t = −β·KL_t (+ score on the last token); GAE(γ, λ); whitened
                     (or critic-free, `advantage`: grpo, rloo, reinforce_pp; then no critic is built)
         update      PPO epochs over minibatches: clipped policy loss (learner), clipped value loss (critic)
@@ -186,10 +186,13 @@ class Topology:
 def build_topology(config: Config) -> Topology:
     """Five groups, each sized and placed by its own role config."""
     policy = config.model.path
-    updating = config.learner.num_workers + (config.critic.num_workers if config.uses_critic else 0)
-    config = replace(config, rollout=role_threads(config.rollout), reward=role_threads(config.reward),
-                     reference=role_threads(config.reference), critic=role_threads(config.critic, updating),
-                     learner=role_threads(config.learner, updating))  # policy and critic ranks update together
+    critics = config.critic.num_workers if config.uses_critic else 0
+    updating = config.learner.num_workers + critics  # policy and critic ranks update together
+    scoring = (config.reference.num_workers + critics  # reward, reference and critic score a batch together
+               + (config.reward.num_workers if config.reward.kind in ("model", "tool", "self_judge") else 0))
+    config = replace(config, rollout=role_threads(config.rollout), reward=role_threads(config.reward, scoring),
+                     reference=role_threads(config.reference, scoring), critic=role_threads(config.critic, updating),
+                     learner=role_threads(config.learner, updating))
     return Topology(
         rollout_workers=ActorGroup.from_config(
             RolloutWorker, config.rollout, policy, config.rollout, dtype=config.model.dtype,
@@ -208,6 +211,16 @@ def build_topology(config: Config) -> Topology:
             LearnerWorker, config.learner, policy, config.model, config.learner, distributed=True,
             seed=config.seed),
     )
+
+
+def score(topology: Topology, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Rewards [B], reference log-probs [B, R] and, with a critic, values [B, R] of `batch`: the reward, reference
+    and critic groups compute at the same time, each on its own shards."""
+    rewards = topology.reward_workers.shard(RewardWorker.score, batch)
+    reference = topology.reference.shard(ReferenceWorker.logprobs, batch)
+    values = topology.critic.shard(CriticWorker.values, batch) if topology.critic.actors else []
+    return (torch.cat([s.rewards for s in gather(rewards)]), torch.cat(gather(reference)),
+            torch.cat(gather(values)) if values else None)
 
 
 # ---------------------------------------------------------------------------- objectives (run inside learners)
@@ -317,15 +330,9 @@ def train(config: Config) -> dict:
                     recomputed = learner_logprobs(topology.learner, batch)
                 gap = losses.logprob_gap(batch.logprobs, recomputed, batch.response_mask)
                 batch.logprobs = recomputed
-            with run.timer.phase("reward"):
-                scores = torch.cat([s.rewards for s in with_retries(
-                    lambda: gather(topology.reward_workers.shard(RewardWorker.score, batch)), retries, "reward")])
-            with run.timer.phase("reference"):
-                batch.ref_logprobs = torch.cat(with_retries(
-                    lambda: gather(topology.reference.shard(ReferenceWorker.logprobs, batch)), retries, "reference"))
-            if config.uses_critic:
-                with run.timer.phase("values"):
-                    batch.values = torch.cat(gather(topology.critic.shard(CriticWorker.values, batch)))
+            with run.timer.phase("score"):
+                scores, batch.ref_logprobs, batch.values = with_retries(lambda: score(topology, batch), retries,
+                                                                        "score")
             with run.timer.phase("advantages"):
                 batch.rewards = scores
                 estimate_advantages(batch, config, kl_controller.value)

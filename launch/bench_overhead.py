@@ -29,7 +29,8 @@ from pathlib import Path
 import torch
 
 SIZES = {"tiny": "sft:arithmetic", "medium": "medium"}
-PHASES = ("generate", "reward", "reference", "values", "update", "sync")
+PHASES = ("generate", "score", "update", "sync")
+"""score: rewards, reference log-probs and values (one after another in the plain loop, at once through the actors)."""
 
 
 def model_path(size: str) -> str:
@@ -95,14 +96,11 @@ def plain_ppo(config) -> list[dict[str, float]]:
             lap("generate")
             scores = torch.tensor([float(task.verify(p, r)) for p, r in zip(batch.info["prompt"],
                                                                               batch.info["response"])])
-            lap("reward")
             with torch.no_grad():
                 batch.ref_logprobs = response_logprobs(reference, batch)
-            lap("reference")
-            if critic is not None:
-                with torch.no_grad():
+                if critic is not None:
                     batch.values = response_values(critic, batch)
-                lap("values")
+            lap("score")
             batch.rewards = scores
             estimate_advantages(batch, config, config.kl_coef)
             generator = torch.Generator().manual_seed(step_seed)
