@@ -37,6 +37,14 @@ def test_config_rejects_bad_values():
         load_config(ppo.Config, None, ["critic.num_workers=0"])
 
 
+def test_off_is_a_word_not_a_boolean(tmp_path):
+    """YAML 1.1 reads off/on/yes/no as booleans; configs read YAML 1.2's (true/false only)."""
+    assert load_config(ppo.Config, None, ["async_rollout=off"]).async_rollout == "off"
+    (tmp_path / "ppo.yaml").write_text("async_rollout: off\ntracking:\n  wandb: false\n")
+    config = load_config(ppo.Config, tmp_path / "ppo.yaml", [])
+    assert (config.async_rollout, config.tracking.wandb) == ("off", False)
+
+
 def test_ppo_from_a_parquet_file_raises_heldout_accuracy(ray_local, tmp_path):
     files = write_task_data("arithmetic", tmp_path / "data", train=4096, heldout=256)
     config = load_config(ppo.Config, "launch/configs/ppo_file_tiny.yaml",

@@ -357,6 +357,21 @@ def _convert(hint: Any, value: Any, key: str) -> Any:
     return value
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML with YAML 1.2's booleans: only true/false, so that `async_rollout: off` stays the string "off"."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                              list("tTfF"))
+
+
+def load_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)
+
+
 def parse_overrides(overrides: list[str]) -> dict:
     """`["a.b=3", "c=x"]` -> {"a": {"b": 3}, "c": "x"}; values are parsed as YAML scalars."""
     tree: dict = {}
@@ -370,7 +385,7 @@ def parse_overrides(overrides: list[str]) -> dict:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"override {item!r} conflicts with another override of {part!r}")
-        node[parts[-1]] = yaml.safe_load(raw) if raw != "" else ""
+        node[parts[-1]] = load_yaml(raw) if raw != "" else ""
     return tree
 
 
@@ -390,7 +405,7 @@ def read_yaml(path: str | Path) -> dict:
     if not path.exists():
         raise ConfigError(f"config file {path} does not exist")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = load_yaml(path.read_text()) or {}
     except yaml.YAMLError as err:
         raise ConfigError(f"config file {path} is not valid YAML: {err}") from err
     if not isinstance(data, dict):
