@@ -212,6 +212,55 @@ def test_calendar_agrees_with_tara_tool_observations() -> None:
     assert checked >= 300
 
 
+# --- subset sum ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("prompt", "response", "right"),
+    [("3 8 1 6 4>12=", "8+4", 1.0), ("3 8 1 6 4>12=", "3+8+1", 1.0), ("3 8 1 6 4>12=", "4+8", 1.0),
+     ("3 8 1 6 4>12=", " 8+4 ", 1.0), ("3 8 1 6 4>12=", "8+5", 0.0), ("3 8 1 6 4>12=", "3+9", 0.0),
+     ("3 8 1 6 4>12=", "6+6", 0.0), ("6 6 1 2 3>12=", "6+6", 1.0), ("3 8 1 6 4>12=", "8+4+", 0.0),
+     ("3 8 1 6 4>12=", "12", 0.0), ("3 8 1 6 4>12=", "", 0.0), ("1 1 1 1 1>10=", "1+1", 0.0)],
+)
+def test_subset_sum_accepts_every_right_subset(prompt: str, response: str, right: float) -> None:
+    assert get_task("subset_sum").verify(prompt, response) == right
+
+
+def test_subset_sum_answers_and_malformed_prompts() -> None:
+    task = get_task("subset_sum")
+    assert task.answer("3 8 1 6 4>12=") == "8+4"  # shortest, in list order
+    assert task.answer("7 1 5 6 4>17=") == "7+6+4"
+    assert task.answer("9 9 9 9 1>11=") is None  # no sub-list reaches 11
+    for prompt in ["3 8 1 6 4>9=", "3 8 1 6 4>23=", "3 8 1 6>12=", "3 8 0 6 4>12=", "3 8 1 6 4>012=", "38164>12="]:
+        assert task.answer(prompt) is None, prompt
+    with pytest.raises(ValueError, match="size=1"):
+        get_task("subset_sum", size=1)
+    with pytest.raises(ValueError, match="min_target=5"):
+        get_task("subset_sum", min_target=5)
+
+
+def test_subset_sum_judge_trace_checks_sums_and_availability() -> None:
+    task = get_task("subset_sum")
+    assert task.judge_trace("3 8 1 6 4>12=", "8+4") == "08@2 12@5 =12 1"
+    assert task.judge_trace("3 8 1 6 4>12=", "8+5") == "08@2 13x !12 0"
+    assert task.judge_trace("3 8 1 6 4>12=", "3+9") == "03@1 12x =12 0"  # the right sum, a digit not listed
+    assert task.judge_trace("3 8 1 6 4>12=", "6+6") == "06@4 12x =12 0"  # 6 listed once, used twice
+    assert task.judge_trace("3 8 1 6 4>12=", "twelve") == "? !12 0"
+    rng = random.Random(0)
+    for example in task.examples("train", 300):  # the verdict is the verifier, right and wrong answers alike
+        wrong = task._wrong_answer(example.prompt, rng)
+        for response in (example.answer, wrong):
+            assert task.judge_trace(example.prompt, response)[-1] == str(int(task.verify(example.prompt, response)))
+
+
+def test_subset_sum_wrong_answers_include_the_unlisted_digit_kind() -> None:
+    task = get_task("subset_sum")
+    rng = random.Random(1)
+    wrong = [(e.prompt, task._wrong_answer(e.prompt, rng)) for e in task.examples("train", 400)]
+    unlisted = [1 for prompt, answer in wrong if "x" in task.judge_trace(prompt, answer)]
+    assert 0.1 < len(unlisted) / len(wrong) < 0.6
+
+
 # --- every task ---------------------------------------------------------------------------------
 
 
@@ -280,5 +329,6 @@ def test_get_task() -> None:
     assert isinstance(get_task("arithmetic"), ArithmeticTask)
     assert isinstance(get_task("calendar", max_offset=30), CalendarTask)
     assert get_task("arithmetic", ops="*").ops == "*"
-    with pytest.raises(ValueError, match="arithmetic.*calendar"):
+    assert get_task("subset_sum", size=4).size == 4
+    with pytest.raises(ValueError, match="arithmetic.*calendar.*subset_sum"):
         get_task("sudoku")

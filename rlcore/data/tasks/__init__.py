@@ -4,7 +4,8 @@ A task is a space of plain-text prompts ("12+7=") that a tiny model completes
 with just the answer ("19"). Each task computes the reference answer of any
 well-formed prompt, including prompts the model writes itself; everything else
 (splits, verification, training corpora, preference pairs, judge data) is
-derived here from four task-specific methods, so both tasks share it.
+derived here from four task-specific methods, so every task shares it. A task
+whose prompts have several right answers (subset sum) overrides `verify` too.
 
 Splits: a prompt is held out iff its SHA-256 is 0 modulo `HELDOUT_EVERY`, so
 the split is a property of the prompt alone, the same for every seed and every
@@ -183,8 +184,9 @@ class Task(ABC):
 # The tasks import Task from this module, so they are imported after it is defined.
 from rlcore.data.tasks.arithmetic import ArithmeticTask  # noqa: E402
 from rlcore.data.tasks.calendar import CalendarTask  # noqa: E402
+from rlcore.data.tasks.subset_sum import SubsetSumTask  # noqa: E402
 
-TASKS: dict[str, type[Task]] = {ArithmeticTask.name: ArithmeticTask, CalendarTask.name: CalendarTask}
+TASKS: dict[str, type[Task]] = {task.name: task for task in (ArithmeticTask, CalendarTask, SubsetSumTask)}
 
 
 def get_task(name: str, **kwargs) -> Task:
