@@ -13,6 +13,7 @@ Each example is a task-style prompt and the completion the model learns to write
 
     IFT             "12+7="                              -> "19"
     EFT, compact    "12+7=19 score:"                     -> " 5"    COMPACT_JUDGE_TEMPLATE, tiny models
+    EFT, trace      "3 8 1 6 4>12=8+4 score:"            -> " 08@2 12@5 =12 1"   the task's own check
     EFT, rubric     JUDGE_RUBRIC filled with the pair    -> "<justification>\\nScore: 5"    real models
     self-instruct   "12+7=\\n3-45=\\n61+22=\\n"          -> "47-18="   seed prompts one a line, then a new one
 
@@ -54,11 +55,13 @@ from rlcore.rewards.judge import (
     parse_score,
     reference_score,
     spearman,
+    trace_score,
 )
 
-JUDGE_TEMPLATES = {"compact": COMPACT_JUDGE_TEMPLATE, "reference": COMPACT_JUDGE_TEMPLATE, "rubric": JUDGE_RUBRIC}
-"""Judge prompt of each judge format: compact and reference (tiny models) share the compact template; rubric is
-the paper's Figure 2 (real models)."""
+JUDGE_TEMPLATES = {"compact": COMPACT_JUDGE_TEMPLATE, "reference": COMPACT_JUDGE_TEMPLATE,
+                   "trace": COMPACT_JUDGE_TEMPLATE, "rubric": JUDGE_RUBRIC}
+"""Judge prompt of each judge format: compact, reference and trace (tiny models) share the compact template;
+rubric is the paper's Figure 2 (real models)."""
 MAX_SCORE = 5
 """The additive rubric's top score."""
 
@@ -68,17 +71,20 @@ def verifier_score(task: Task, prompt: str, response: str) -> int:
     return MAX_SCORE if task.verify(prompt, response) else 0
 
 
-def judge_completion(score: int, template: str, reference: str = "") -> str:
+def judge_completion(score: int, template: str, reference: str = "", trace: str = "") -> str:
     """What the judge is trained to write for `score`, by judge format:
 
         compact     " 5"                         the score alone
         reference   " 19"                        its own answer; `judge_score` compares the response to it
+        trace       " 08@2 12@5 =12 1"           the task's step-by-step check (`judge_trace`), then the verdict
         rubric      "<justification>\nScore: 5"
     """
     if template == "compact":
         return compact_judge_completion(score)
     if template == "reference":
         return f" {reference}"
+    if template == "trace":
+        return f" {trace}"
     reason = ("The response answers the question directly with the exact result, and nothing else."
               if score == MAX_SCORE else "The response is not the correct result, so it does not answer the question.")
     return f"{reason}\nScore: {score}"
@@ -88,6 +94,8 @@ def judge_score(template: str, judgement: str, response: str) -> float | None:
     """The score a judgement gives `response`, by judge format; None when it is malformed."""
     if template == "reference":
         return reference_score(judgement, response, MAX_SCORE)
+    if template == "trace":
+        return trace_score(judgement, MAX_SCORE)
     return parse_score(judgement, MAX_SCORE)
 
 
@@ -103,9 +111,13 @@ def ift_examples(task: Task, n: int) -> list[Example]:
 
 def eft_examples(task: Task, n: int, seed: int, template: str = "compact") -> list[Example]:
     """Evaluation fine-tuning: (prompt, response) judge prompts, about half right, with the verifier's score."""
+    if template == "trace" and not hasattr(task, "judge_trace"):
+        raise ValueError(f"seed_model.template=trace needs a task that writes judge traces (subset_sum); "
+                         f"task {task.name!r} has none")
     return [
         Example(judge_prompt(row["prompt"], row["response"], JUDGE_TEMPLATES[template]),
-                judge_completion(MAX_SCORE if row["correct"] else 0, template, task.answer(row["prompt"])))
+                judge_completion(MAX_SCORE if row["correct"] else 0, template, task.answer(row["prompt"]),
+                                 task.judge_trace(row["prompt"], row["response"]) if template == "trace" else ""))
         for row in task.judge_examples("train", n, seed)
     ]
 
@@ -128,7 +140,8 @@ class SeedConfig:
     enabled: bool = True
     """Train M0 from model.path; False = model.path already is an IFT+EFT model (a real one, say)."""
     template: str = "compact"
-    """Judge format: compact (tiny models) or rubric (the paper's Figure 2, real models)."""
+    """Judge format: compact, reference or trace (tiny models; trace needs a task with `judge_trace`) or rubric
+    (the paper's Figure 2, real models)."""
     target_accuracy: float = 0.35
     """Stop once held-out greedy task accuracy reaches this (a moderate seed leaves room to improve)."""
     min_steps: int = 0
@@ -204,7 +217,7 @@ def train_seed(model_name: str, task_name: str, config: SeedConfig, path: Path, 
     shares = torch.tensor([len(rows) for rows in kinds], dtype=torch.float)
     heldout = task.examples("heldout", config.eval_size)
     judge_rows = task.judge_examples("heldout", config.eval_size, config.seed + 3)
-    judge_tokens = {"compact": 2, "reference": 8}.get(config.template, 256)
+    judge_tokens = {"compact": 2, "reference": 8, "trace": 48}.get(config.template, 256)
     optimizer = Optimizer(model, config.lr, config.warmup_steps)
     generator = torch.Generator().manual_seed(config.seed)
     start, step, accuracy = time.time(), 0, 0.0

@@ -59,6 +59,23 @@ def test_reference_eft_completion_is_the_answer_and_scores_by_the_verifier(task,
         assert judge_score("reference", example.answer, row["response"]) == (MAX_SCORE if correct else 0)
 
 
+def test_trace_eft_completion_is_the_tasks_check_and_scores_by_the_verifier():
+    """The trace judge writes subset_sum's step-by-step check; its verdict is the verifier's, for right answers,
+    wrong sums and the right sum reached with a digit that is not in the list alike."""
+    subset_sum = get_task("subset_sum")
+    rows = subset_sum.judge_examples("train", 200, 1)
+    examples = eft_examples(subset_sum, 200, seed=1, template="trace")
+    for example, row in zip(examples, rows):
+        assert example.prompt == row["prompt"] + row["response"] + " score:"
+        assert example.answer == " " + subset_sum.judge_trace(row["prompt"], row["response"])
+        assert judge_score("trace", example.answer, row["response"]) == (MAX_SCORE if row["correct"] else 0)
+    assert judge_score("trace", " 03@1 12x =12 0", "3+9") == 0
+    for malformed in ["", " 1", " 08@2 12@5 =12", " 08@2 12@5 =12 2", " 08@2 12@5 =12 1x"]:
+        assert judge_score("trace", malformed, "8+4") is None, malformed
+    with pytest.raises(ValueError, match="template=trace needs a task that writes judge traces"):
+        eft_examples(get_task("arithmetic"), 4, seed=1, template="trace")
+
+
 def test_compact_completion_is_a_space_and_a_digit():
     assert judge_completion(5, "compact") == " 5"
     assert judge_completion(0, "compact") == " 0"

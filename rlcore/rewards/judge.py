@@ -120,6 +120,16 @@ def reference_score(judgement: str, response: str, max_score: int = 5) -> float 
     return float(max_score) if answer == response.strip() else 0.0
 
 
+def trace_score(judgement: str, max_score: int = 5) -> float | None:
+    """A checked judgement (a task's `judge_trace`, e.g. "08@2 12@5 =12 1"): the judge writes each step of its
+    check and ends its first line with the verdict, 1 (right: max_score) or 0. None when that line has no step
+    before a verdict, or ends in anything else."""
+    words = judgement.strip().split("\n", 1)[0].split()
+    if len(words) < 2 or words[-1] not in ("0", "1"):
+        return None
+    return float(max_score) if words[-1] == "1" else 0.0
+
+
 def average_scores(samples: Sequence[float | None]) -> float | None:
     """Mean of the parsed samples (None entries dropped); None if none parsed.
 
