@@ -233,6 +233,8 @@ class RemoteScorer:
         return torch.tensor(rewards, dtype=torch.float32)
 
 
+MODEL_KINDS = ("model", "self_judge", "tool")
+"""Kinds whose scorer runs a model in the reward worker (and so competes for its machine's cores)."""
 SCORERS: dict[str, type] = {
     "rule": RuleScorer,
     "reference": ReferenceScorer,

@@ -54,7 +54,7 @@ from actors.driver import (
 )
 from actors.learner import LearnerWorker
 from actors.reference import ReferenceWorker
-from actors.reward import RewardWorker
+from actors.reward import MODEL_KINDS, RewardWorker
 from actors.rollout import RolloutWorker, Sampling
 from rlcore.core import losses
 from rlcore.core.batch import Batch
@@ -189,7 +189,7 @@ def build_topology(config: Config) -> Topology:
     critics = config.critic.num_workers if config.uses_critic else 0
     updating = config.learner.num_workers + critics  # policy and critic ranks update together
     scoring = (config.reference.num_workers + critics  # reward, reference and critic score a batch together
-               + (config.reward.num_workers if config.reward.kind in ("model", "tool", "self_judge") else 0))
+               + (config.reward.num_workers if config.reward.kind in MODEL_KINDS else 0))
     config = replace(config, rollout=role_threads(config.rollout), reward=role_threads(config.reward, scoring),
                      reference=role_threads(config.reference, scoring), critic=role_threads(config.critic, updating),
                      learner=role_threads(config.learner, updating))

@@ -265,8 +265,8 @@ def main(argv: list[str] | None = None) -> dict:
     finally:
         ray.shutdown()
         cluster.shutdown()
-    result.update(hardware=machine, load_average_before=load_before, load_average_after=os.getloadavg(), cpus=os.cpu_count(),
-                  prompts=args.prompts, n=args.n, max_new_tokens=args.max_new_tokens, model=args.model)
+    result.update(hardware=machine, load_average_before=load_before, load_average_after=os.getloadavg(),
+                  cpus=os.cpu_count(), prompts=args.prompts, n=args.n, max_new_tokens=args.max_new_tokens, model=args.model)
     print(json.dumps(result, indent=2))
     return result
 

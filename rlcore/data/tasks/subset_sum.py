@@ -70,10 +70,11 @@ class SubsetSumTask(Task):
         return None
 
     def verify(self, prompt: str, response: str) -> float:
-        """1.0 iff the response uses only digits left in the list and adds up to the target (any order)."""
+        """1.0 iff the response uses only digits left in the list and adds up to the target (any order). Such a
+        response is itself a solution of 2+ digits (min_target > 9), so the prompt needs no solvability search."""
         parsed = self.parse(prompt)
         text = response.strip()
-        if parsed is None or not _ANSWER.fullmatch(text) or self.answer(prompt) is None:
+        if parsed is None or not _ANSWER.fullmatch(text):
             return 0.0
         digits, target = parsed
         terms = [int(t) for t in text.split("+")]
@@ -121,8 +122,7 @@ class SubsetSumTask(Task):
             candidates += ["+".join(map(str, c)) for c in itertools.combinations(digits, count) if sum(c) != target]
         wrong_sum = rng.choice(candidates) if candidates else None
         rest = target - digits[0]
-        unavailable = f"{digits[0]}+{rest}" if 1 <= rest <= 9 and not self.verify(prompt, f"{digits[0]}+{rest}") \
-            else None
+        unavailable = f"{digits[0]}+{rest}" if 1 <= rest <= 9 else None  # right ones are dropped below
         index = rng.randrange(len(reference))
         off = [t + (1 if t < 9 else -1) if i == index else t for i, t in enumerate(reference)]
         options = [o for o in (wrong_sum, unavailable, "+".join(map(str, off))) if o and not self.verify(prompt, o)]
