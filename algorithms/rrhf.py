@@ -18,7 +18,8 @@ log-likelihoods the same way while imitating the best response.
 Modes. 2-model: a reward worker scores every response. 1-model: `sources: [data]`
 with `data_path` a file in the RRHF repository's format {"query", "responses",
 "scores"}: nothing is sampled or scored (rollout workers, if any, only
-evaluate). Offline: `rounds: 1`, sample once with the starting policy, train
+evaluate); `rounds: 1` trains on the whole file, `rounds > 1` on
+`prompts_per_round` of its rows a round, in order. Offline: `rounds: 1`, sample once with the starting policy, train
 `epochs` passes. Online / iterative (the paper's IP-n): `rounds > 1`, each round
 samples fresh queries with the current policy.
 
@@ -115,9 +116,10 @@ class Config:
     """Source "data": a JSONL / Parquet file of {"query", "responses", "scores"} rows; scores are the rewards.
     Queries are user turns, formatted with the policy's chat template like task prompts."""
     rounds: int = 40
-    """Sample → score → update rounds; 1 = offline, more = online / iterative (fresh queries each round)."""
+    """Sample → score → update rounds; 1 = offline, more = online / iterative (fresh queries each round).
+    1-model mode: 1 = the whole file at once, more = the file's rows in order, prompts_per_round a round."""
     prompts_per_round: int = 64
-    """Queries per round (1-model mode: every row of the file)."""
+    """Queries per round (1-model mode with rounds: 1: every row of the file)."""
     epochs: int = 1
     """Passes over each round's responses."""
     queries_per_update: int = 64
@@ -145,9 +147,8 @@ class Config:
         check_range("queries_per_update", self.queries_per_update, self.learner.num_workers)
         if not self.sources:
             raise ConfigError("sources: name at least one source of responses")
-        if "data" in self.sources and (self.sources != ["data"] or not self.data_path or self.rounds != 1):
-            raise ConfigError("sources: 'data' (1-model mode) must be the only source, with data_path set and "
-                              "rounds: 1 (a file is offline data; use epochs)")
+        if "data" in self.sources and (self.sources != ["data"] or not self.data_path):
+            raise ConfigError("sources: 'data' (1-model mode) must be the only source, with data_path set")
         if self.data_path and "data" not in self.sources:
             raise ConfigError("data_path: set, but 'data' is not in sources")
         if {"policy", "diverse"} & set(self.sources) and self.rollout.num_workers < 1:
@@ -338,7 +339,7 @@ def train(config: Config) -> dict:
     if "data" in config.sources:
         rows = [{"prompt": row["query"], **row} for row in load_rows(config.data_path, "rankings").rows]
     check_columns(rows, config.sources, train_data.source)
-    per_round = len(rows) if "data" in config.sources else config.prompts_per_round
+    per_round = len(rows) if "data" in config.sources and config.rounds == 1 else config.prompts_per_round
     queries_of = RowStream(rows, config.data.seed, config.data.shuffle and "data" not in config.sources)
     train_eval = Data([{**row, "answer": row.get("answer")} for row in rows[: config.data.eval_size]
                        if eval_data.task is None or eval_data.task.is_well_formed(row["prompt"])],

@@ -1,10 +1,16 @@
-"""`rlcore bench`: what PPO, RRHF and self-rewarding DPO cost for what they buy, on the same task.
+"""`rlcore bench`: what PPO, GRPO, RRHF and self-rewarding DPO cost for what they buy, on the same task.
 
-Every algorithm starts from the same SFT checkpoint, sees the same number of
+Every entry (an algorithm with its config: `ppo`, `grpo` = PPO's topology with
+`advantage: grpo`, `rrhf` 2-model online, `rrhf_1model` from a rankings file,
+`self_rewarding`) starts from the same SFT checkpoint, sees the same number of
 training prompts, runs with the same seeds and is evaluated on the same
-held-out prompts. Each (algorithm, seed) runs with `algorithm.train(config)` in
+held-out prompts. Each (entry, seed) runs with `algorithm.train(config)` in
 this process, one after another under one local Ray instance; the report says
-for each algorithm (mean ± std over seeds, and min/max in report.json):
+for each entry (mean ± std over seeds, and min/max in report.json):
+
+- the busy actor-seconds (and CPU-seconds) at the first evaluation that reached
+  each accuracy target (`targets`), how many seeds reached it, and that cost
+  as a multiple of PPO's on the same seed; the best accuracy reached;
 
 - wall time of the run, and busy actor-seconds per role measured inside the
   actors (`rlcore.core.usage`: the wall time of their compute methods, and the CPU
@@ -16,7 +22,7 @@ for each algorithm (mean ± std over seeds, and min/max in report.json):
 - held-out greedy accuracy before and after, and accuracy against cumulative
   actor-seconds at every evaluation (a curve, `accuracy_vs_actor_seconds.png`).
 
-    rlcore bench launch/configs/bench_tiny.yaml [seeds=[0,1,2]] [algorithms=[ppo,rrhf]] [prompts=1024]
+    rlcore bench launch/configs/bench_tiny.yaml [seeds=[0,1,2]] [algorithms=[ppo,grpo]] [prompts=1024]
 
 Where the numbers come from and what they leave out:
 - Actor-seconds and tokens generated include the evaluations (the same
@@ -28,7 +34,11 @@ Where the numbers come from and what they leave out:
   which the wall time includes.
 - "Same prompts": PPO steps × prompts per step = RRHF rounds × queries per
   round = self-rewarding iterations × prompts written per iteration (before its
-  filter drops malformed and duplicate ones). Responses per prompt follow each
+  filter drops malformed and duplicate ones). RRHF 1-model reads that many rows
+  of a rankings file the bench writes from the task's train prompts (the
+  answer scored 1, two plausible wrong ones 0: `Task.rankings`), one pass.
+- A target's cost is read at the evaluations (every `eval_every_prompts`), so
+  it is an upper bound by up to one evaluation interval's compute. Responses per prompt follow each
   algorithm's own config, which is why tokens generated differ.
 - Self-rewarding's seed model M0 (IFT + EFT fine-tuning of the SFT checkpoint,
   done in the driver, cached on disk) is built before the clock starts, like the
@@ -53,15 +63,14 @@ import ray
 
 from algorithms import algorithm_module
 from algorithms.self_rewarding_seed import seed_checkpoint
-from rlcore.core.config import ConfigError, check_choice, check_range, load_config
+from rlcore.core.config import ConfigError, check_choice, check_range, load_config, read_yaml
 from rlcore.core.tracking import read_metrics
-from rlcore.data.sources import task_name
+from rlcore.data.sources import task_name, write_task_rankings
 from rlcore.models.build import build_model
 from rlcore.runtime.cluster import init_ray
 
 BENCHED = ("ppo", "rrhf", "self_rewarding")
-"""The algorithms a bench can run (those of `algorithms.ALGORITHMS` with a prompt budget)."""
-"""Algorithms the bench knows how to give a prompt budget to (see `budget_overrides`)."""
+"""The algorithms a bench entry's config can name (those the bench gives a prompt budget: `budget_overrides`)."""
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 
@@ -76,8 +85,8 @@ SCORERS_WITH_A_MODEL = ("model", "self_judge", "tool")
 class BenchConfig:
     """The benchmark: which algorithms, seeds, budget and evaluation, and where the report goes."""
 
-    algorithms: list[str] = field(default_factory=lambda: ["ppo", "rrhf", "self_rewarding"])
-    """Algorithms to run, in this order: ppo, rrhf, self_rewarding."""
+    algorithms: list[str] = field(default_factory=lambda: ["ppo", "grpo", "rrhf", "rrhf_1model", "self_rewarding"])
+    """Entries to run, in this order: names of `configs` (each file's `algorithm:` key says which it runs)."""
     seeds: list[int] = field(default_factory=lambda: [0, 1])
     """Seeds of every algorithm (sampling, shuffling, new heads); the held-out prompts are the same for all."""
     model: str = "sft:arithmetic"
@@ -95,22 +104,29 @@ class BenchConfig:
     self-rewarding after every iteration."""
     eval_size: int = 256
     """Held-out prompts of each evaluation (data.eval_size of each)."""
+    targets: list[float] = field(default_factory=lambda: [0.56, 0.60, 0.64])
+    """Held-out accuracies whose cost (actor-seconds to first reach them) the report compares."""
     configs: dict[str, str] = field(default_factory=lambda: {
         "ppo": "launch/configs/ppo_tiny.yaml",
+        "grpo": "launch/configs/grpo_tiny.yaml",
         "rrhf": "launch/configs/rrhf_tiny.yaml",
+        "rrhf_1model": "launch/configs/rrhf_rankings_tiny.yaml",
         "self_rewarding": "launch/configs/self_rewarding_tiny.yaml",
     })
-    """Each algorithm's own config file (paths relative to the repository root or absolute)."""
+    """Each entry's own config file (paths relative to the repository root or absolute). An RRHF config with
+    `sources: [data]` and no data_path gets the bench's rankings file."""
     overrides: dict[str, list[str]] = field(default_factory=dict)
-    """Extra dotted overrides per algorithm, e.g. {self_rewarding: [judge_eval_prompts=32]}."""
+    """Extra dotted overrides per entry, e.g. {self_rewarding: [judge_eval_prompts=32]}."""
     run_dir: str = "runs/bench"
     """The report folder: report.md, report.json, the plots, and runs/<algorithm>-seed<seed>/ of every run."""
     wandb: bool = False
     """Also log every run to wandb (offline unless WANDB_MODE says otherwise)."""
 
     def __post_init__(self) -> None:
-        for index, algorithm in enumerate(self.algorithms):
-            check_choice(f"algorithms[{index}]", algorithm, sorted(BENCHED))
+        for index, entry in enumerate(self.algorithms):
+            check_choice(f"algorithms[{index}]", entry, sorted(self.configs))
+        for index, target in enumerate(self.targets):
+            check_range(f"targets[{index}]", target, 0.0, 1.0)
         if not self.algorithms or not self.seeds:
             raise ConfigError("algorithms, seeds: name at least one of each")
         check_range("prompts_per_step", self.prompts_per_step, 1)
@@ -122,11 +138,8 @@ class BenchConfig:
             raise ConfigError(f"prompts: {self.prompts} must be a multiple of prompts_per_step "
                               f"({self.prompts_per_step}) and of iterations ({self.iterations}), so that every "
                               f"algorithm sees the same number of prompts")
-        for algorithm in self.algorithms:
-            if algorithm not in self.configs:
-                raise ConfigError(f"configs: no config file for {algorithm!r}")
-        for algorithm in self.overrides:
-            check_choice("overrides", algorithm, sorted(BENCHED))
+        for entry in self.overrides:
+            check_choice("overrides", entry, sorted(self.configs))
 
 
 # ---------------------------------------------------------------------------- configs of the runs
@@ -145,24 +158,40 @@ def budget_overrides(algorithm: str, bench: BenchConfig) -> list[str]:
     raise ConfigError(f"algorithms: no prompt budget for {algorithm!r}")
 
 
-def run_config(algorithm: str, seed: int, bench: BenchConfig, runs_dir: Path) -> Any:
-    """`algorithm`'s Config: its own file, then the bench's shared settings, budget, seed and overrides."""
-    module = algorithm_module(algorithm)
-    shared = [f"model.path={bench.model}", f"data.train=task:{bench.task}", f"data.eval_size={bench.eval_size}",
-              f"seed={seed}", f"rollout.seed={seed}", f"tracking.run_dir={runs_dir}",
-              f"tracking.run_name={algorithm}-seed{seed}", f"tracking.wandb={str(bench.wandb).lower()}"]
-    overrides = shared + budget_overrides(algorithm, bench) + list(bench.overrides.get(algorithm, []))
-    path = Path(bench.configs[algorithm])
+def config_path(entry: str, bench: BenchConfig) -> Path:
+    path = Path(bench.configs[entry])
     if not path.is_absolute() and not path.exists():
         path = REPOSITORY / path  # named from the repository root, run from elsewhere
-    return load_config(module.Config, path, overrides, ignore=("algorithm",))
+    return path
 
 
-def prepare(algorithm: str, config: Any) -> dict:
+def entry_algorithm(entry: str, bench: BenchConfig) -> str:
+    """The algorithm `entry`'s config file names (`algorithm:`), one the bench can budget."""
+    path = config_path(entry, bench)
+    algorithm = read_yaml(path).get("algorithm")
+    check_choice(f"{path}: algorithm", algorithm, sorted(BENCHED))
+    return algorithm
+
+
+def run_config(entry: str, seed: int, bench: BenchConfig, runs_dir: Path, rankings: Path) -> Any:
+    """`entry`'s Config: its own file, then the bench's shared settings, budget, seed and overrides (and the
+    rankings file, for RRHF 1-model without a data_path of its own)."""
+    path, algorithm = config_path(entry, bench), entry_algorithm(entry, bench)
+    raw = read_yaml(path)
+    shared = [f"model.path={bench.model}", f"data.train=task:{bench.task}", f"data.eval_size={bench.eval_size}",
+              f"seed={seed}", f"rollout.seed={seed}", f"tracking.run_dir={runs_dir}",
+              f"tracking.run_name={entry}-seed{seed}", f"tracking.wandb={str(bench.wandb).lower()}"]
+    if algorithm == "rrhf" and raw.get("sources") == ["data"] and not raw.get("data_path"):
+        shared.append(f"data_path={rankings}")
+    overrides = shared + budget_overrides(algorithm, bench) + list(bench.overrides.get(entry, []))
+    return load_config(algorithm_module(algorithm).Config, path, overrides, ignore=("algorithm",))
+
+
+def prepare(config: Any) -> dict:
     """Build what a run would otherwise build inside its clock: the starting checkpoint and, for self-rewarding,
     its seed model M0 (both cached on disk). Returns M0's build stats (empty for the others)."""
     build_model(config.model.path)
-    if algorithm == "self_rewarding" and config.seed_model.enabled:
+    if hasattr(config, "seed_model") and config.seed_model.enabled:  # self-rewarding
         return seed_checkpoint(config.model.path, task_name(config.data.train), config.seed_model)[1]
     return {}
 
@@ -180,8 +209,8 @@ def models_held(algorithm: str, config: Any, roles: dict[str, dict]) -> dict[str
     return held
 
 
-def measure(algorithm: str, seed: int, config: Any) -> dict:
-    """Run `algorithm` once; its cost and accuracy as one row of report.json."""
+def measure(entry: str, algorithm: str, seed: int, config: Any, targets: list[float]) -> dict:
+    """Run `entry` (of `algorithm`) once; its cost and accuracy as one row of report.json."""
     module = algorithm_module(algorithm)
     load_before = os.getloadavg()[0]
     start = time.perf_counter()
@@ -198,8 +227,11 @@ def measure(algorithm: str, seed: int, config: Any) -> dict:
                    if "heldout_accuracy" in row and "usage/busy_s" in row]
     first = evaluations[0]  # step 0: the evaluation before any training, and nothing else yet
     held = models_held(algorithm, config, roles)
+    curve = [{"step": row["step"], "actor_s": row["usage/busy_s"], "actor_cpu_s": row["usage/busy_cpu_s"],
+              "accuracy": row["heldout_accuracy"]} for row in evaluations]
     return {
-        "algorithm": algorithm,
+        "algorithm": entry,
+        "trains": algorithm,
         "seed": seed,
         "run_dir": result["run_dir"],
         "wall_s": wall,
@@ -213,14 +245,22 @@ def measure(algorithm: str, seed: int, config: Any) -> dict:
         "tokens_trained": roles["learner"]["tokens_trained"],
         "accuracy_before": result["heldout_accuracy_before"],
         "accuracy_after": result["heldout_accuracy_after"],
-        "curve": [{"step": row["step"], "actor_s": row["usage/busy_s"], "actor_cpu_s": row["usage/busy_cpu_s"],
-                   "accuracy": row["heldout_accuracy"]} for row in evaluations],
+        "best_accuracy": max(point["accuracy"] for point in curve),
+        "curve": curve,
+        "reached": {str(target): first_reaching(curve, target) for target in targets},
         "evaluations": len(evaluations),
         "first_eval_actor_s": first["usage/busy_s"],
         "first_eval_tokens": sum(value for key, value in first.items() if key.endswith("/tokens_generated")),
         "load_before": load_before,
         "load_after": os.getloadavg()[0],
     }
+
+
+def first_reaching(curve: list[dict], target: float) -> dict | None:
+    """The first evaluation of `curve` whose accuracy is at least `target` (its step and cumulative actor-seconds,
+    wall and CPU), or None when none is."""
+    return next(({key: point[key] for key in ("step", "actor_s", "actor_cpu_s")} for point in curve
+                 if point["accuracy"] >= target), None)
 
 
 # ---------------------------------------------------------------------------- the whole bench
@@ -231,8 +271,10 @@ def run_bench(bench: BenchConfig) -> dict:
     report_dir = Path(bench.run_dir)
     report_dir.mkdir(parents=True, exist_ok=True)
     runs_dir = report_dir / "runs"
-    configs = {(a, s): run_config(a, s, bench, runs_dir) for a in bench.algorithms for s in bench.seeds}  # fail fast
-    seed_models = {a: prepare(a, configs[a, bench.seeds[0]]) for a in bench.algorithms}
+    rankings = Path(write_task_rankings(bench.task, report_dir / f"rankings-{bench.task}.jsonl", bench.prompts))
+    configs = {(a, s): run_config(a, s, bench, runs_dir, rankings)
+               for a in bench.algorithms for s in bench.seeds}  # bad configs fail here, before anything runs
+    seed_models = {a: prepare(configs[a, bench.seeds[0]]) for a in bench.algorithms}
     started_ray = not ray.is_initialized()
     init_ray()
     start, runs, failures = time.perf_counter(), [], []
@@ -240,7 +282,7 @@ def run_bench(bench: BenchConfig) -> dict:
         for (algorithm, seed), config in configs.items():
             print(f"bench: {algorithm} seed {seed} (load {os.getloadavg()[0]:.1f})", flush=True)
             try:
-                runs.append(measure(algorithm, seed, config))
+                runs.append(measure(algorithm, entry_algorithm(algorithm, bench), seed, config, bench.targets))
             except Exception as err:  # one failed run is reported; the others still run
                 traceback.print_exc()
                 failures.append({"algorithm": algorithm, "seed": seed, "error": f"{type(err).__name__}: {err}"})
@@ -254,8 +296,9 @@ def run_bench(bench: BenchConfig) -> dict:
         "gpu": _gpu_name(),
         "load_average_max": max([max(r["load_before"], r["load_after"]) for r in runs], default=math.nan),
         "seed_models": {a: stats for a, stats in seed_models.items() if stats},
-        "summary": {a: summarize([r for r in runs if r["algorithm"] == a]) for a in bench.algorithms
+        "summary": {a: summarize([r for r in runs if r["algorithm"] == a], bench.targets) for a in bench.algorithms
                     if any(r["algorithm"] == a for r in runs)},
+        "versus_ppo": versus_ppo(runs, bench.targets) if "ppo" in bench.algorithms else {},
         "runs": runs,
         "failures": failures,
     }
@@ -264,20 +307,41 @@ def run_bench(bench: BenchConfig) -> dict:
 
 
 SUMMARY_KEYS = ("wall_s", "actor_s", "actor_cpu_s", "models_held", "peak_rss_mb", "gpu_peak_mb", "tokens_generated",
-                "tokens_trained", "accuracy_before", "accuracy_after", "evaluations", "first_eval_actor_s",
-                "first_eval_tokens")
+                "tokens_trained", "accuracy_before", "accuracy_after", "best_accuracy", "evaluations",
+                "first_eval_actor_s", "first_eval_tokens")
 
 
-def summarize(runs: list[dict]) -> dict:
-    """Mean, std (0 for one run), min and max over seeds of every number in SUMMARY_KEYS and of each role's
-    busy seconds (wall and CPU), peak memory and models held."""
+def summarize(runs: list[dict], targets: list[float]) -> dict:
+    """Mean, std (0 for one run), min and max over seeds of every number in SUMMARY_KEYS, of each role's
+    busy seconds (wall and CPU), peak memory and models held, and of the cost of each target over the seeds
+    that reached it (`reach/<target>/actor_s`, `.../actor_cpu_s`; their `n` says how many did)."""
     values: dict[str, list[float]] = {key: [r[key] for r in runs] for key in SUMMARY_KEYS}
+    for target in targets:
+        reached = [r["reached"][str(target)] for r in runs if r["reached"][str(target)]]
+        for key in ("actor_s", "actor_cpu_s"):
+            if reached:
+                values[f"reach/{target}/{key}"] = [point[key] for point in reached]
     for role in ROLES:
         for key in ("busy_s", "busy_cpu_s", "peak_rss_mb", "gpu_peak_mb", "models"):
             column = [r["roles"][role][key] for r in runs if role in r["roles"]]
             if column:
                 values[f"{role}/{key}"] = column
     return {key: spread(column) for key, column in values.items()}
+
+
+def versus_ppo(runs: list[dict], targets: list[float]) -> dict[str, dict]:
+    """Each entry's cost to reach each target as a multiple of PPO's on the same seed (busy actor-seconds),
+    over the seeds where both reached it: {entry: {target: spread}}."""
+    ppo = {r["seed"]: r for r in runs if r["algorithm"] == "ppo"}
+    ratios: dict[str, dict] = {}
+    for target in map(str, targets):
+        for run in runs:
+            base = ppo.get(run["seed"])
+            if run["algorithm"] != "ppo" and base and base["reached"][target] and run["reached"][target]:
+                ratio = run["reached"][target]["actor_s"] / base["reached"][target]["actor_s"]
+                ratios.setdefault(run["algorithm"], {}).setdefault(target, []).append(ratio)
+    return {entry: {target: spread(column) for target, column in by_target.items()}
+            for entry, by_target in ratios.items()}
 
 
 def spread(column: list[float]) -> dict[str, float]:
@@ -303,8 +367,8 @@ def markdown(report: dict) -> str:
     lines = ["| algorithm | runs | wall s | actor-s (sum) | actor CPU-s (sum) | "
              + " | ".join(f"{r} actor-s" for r in roles)
              + " | evaluations (1st, actor-s) | models held | tokens generated | tokens trained | accuracy before "
-             "| accuracy after |",
-             "|---" * (11 + len(roles)) + "|"]
+             "| accuracy after | best accuracy |",
+             "|---" * (12 + len(roles)) + "|"]
     for algorithm, s in summary.items():
         lines.append(" | ".join([f"| {algorithm}", str(s["wall_s"]["n"]), fmt(s["wall_s"]), fmt(s["actor_s"]),
                                  fmt(s["actor_cpu_s"]),
@@ -312,7 +376,8 @@ def markdown(report: dict) -> str:
                                  f"{s['evaluations']['mean']:.0f} ({fmt(s['first_eval_actor_s'], 1)})",
                                  f"{s['models_held']['mean']:.0f}",
                                  fmt(s["tokens_generated"]), fmt(s["tokens_trained"]),
-                                 fmt(s["accuracy_before"], 3), fmt(s["accuracy_after"], 3)]) + " |")
+                                 fmt(s["accuracy_before"], 3), fmt(s["accuracy_after"], 3),
+                                 fmt(s["best_accuracy"], 3)]) + " |")
     on_gpu = any(s["gpu_peak_mb"]["max"] > 0 for s in summary.values())
     memory = "peak GPU MB allocated by torch" if on_gpu else "peak RSS MB"
     key = "gpu_peak_mb" if on_gpu else "peak_rss_mb"
@@ -322,6 +387,18 @@ def markdown(report: dict) -> str:
         cells = [f"{fmt(s[f'{r}/{key}'])} ({s[f'{r}/models']['mean']:.0f})" if f"{r}/{key}" in s else "" for r in roles]
         lines.append(f"| {algorithm} | " + " | ".join(cells) + " |")
     config = report["config"]
+    lines += ["", "Busy actor-seconds to first reach each held-out accuracy (seeds that reached it / runs), and as a "
+              "multiple of PPO's on the same seed:", "",
+              "| algorithm | " + " | ".join(f"≥ {t:.2f}: actor-s | × PPO" for t in config["targets"]) + " |",
+              "|---" * (1 + 2 * len(config["targets"])) + "|"]
+    for algorithm, s in summary.items():
+        cells = []
+        for target in config["targets"]:
+            cost = s.get(f"reach/{target}/actor_s")
+            ratio = report["versus_ppo"].get(algorithm, {}).get(str(target))
+            cells.append(f"{fmt(cost)} ({cost['n'] if cost else 0}/{s['actor_s']['n']})")
+            cells.append("1" if algorithm == "ppo" and cost else fmt(ratio, 2))
+        lines.append(f"| {algorithm} | " + " | ".join(cells) + " |")
     lines += ["", f"{len(config['seeds'])} seed(s) {config['seeds']}; {config['prompts']} training prompts per run "
               f"from `{config['model']}` on {config['task']}; held-out accuracy on {config['eval_size']} prompts "
               f"(greedy). Mean ± std over seeds. Bench wall time {report['wall_s']:,.0f} s on {report['cpus']} CPUs"
@@ -341,16 +418,30 @@ def write_report(report: dict, report_dir: Path) -> None:
     (report_dir / "report.json").write_text(json.dumps(report, indent=2, default=str))
     text = markdown(report)
     (report_dir / "report.md").write_text("# rlcore bench\n\n" + text + "\n![accuracy vs actor-seconds]"
-                                          "(accuracy_vs_actor_seconds.png)\n![actor-seconds by role]"
+                                          "(accuracy_vs_actor_seconds.png)\n![cost to reach an accuracy]"
+                                          "(cost_to_reach.png)\n![actor-seconds by role]"
                                           "(actor_seconds_by_role.png)\n")
     if report["runs"]:
         plot_curves(report, report_dir / "accuracy_vs_actor_seconds.png")
+        plot_targets(report, report_dir / "cost_to_reach.png")
         plot_roles(report, report_dir / "actor_seconds_by_role.png")
     print(text, flush=True)
 
 
+def mean_curve(runs: list[dict]) -> tuple[list[float], list[float], list[float]]:
+    """Over the seeds' runs, evaluation by evaluation (up to the shortest run): mean actor-seconds, mean
+    accuracy and the accuracy's std (0 for one run)."""
+    length = min(len(run["curve"]) for run in runs)
+    points = [[run["curve"][i] for run in runs] for i in range(length)]
+    xs = [statistics.fmean(p["actor_s"] for p in column) for column in points]
+    ys = [statistics.fmean(p["accuracy"] for p in column) for column in points]
+    spreads = [statistics.stdev(p["accuracy"] for p in column) if len(column) > 1 else 0.0 for column in points]
+    return xs, ys, spreads
+
+
 def plot_curves(report: dict, path: Path) -> None:
-    """Held-out accuracy against cumulative actor-seconds, one line per run, one colour per algorithm."""
+    """Held-out accuracy against cumulative actor-seconds: the mean over seeds with a ± std band, one colour
+    per algorithm, and the accuracy targets as dotted lines."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -358,13 +449,43 @@ def plot_curves(report: dict, path: Path) -> None:
 
     figure, axes = plt.subplots(figsize=(7, 4.5))
     for index, algorithm in enumerate(report["summary"]):
-        for number, run in enumerate(r for r in report["runs"] if r["algorithm"] == algorithm):
-            xs, ys = [p["actor_s"] for p in run["curve"]], [p["accuracy"] for p in run["curve"]]
-            axes.plot(xs, ys, marker="o", color=f"C{index}", alpha=0.8, label=algorithm if number == 0 else None)
-    axes.set_xlabel("cumulative busy actor-seconds (all roles)")
+        xs, ys, spreads = mean_curve([r for r in report["runs"] if r["algorithm"] == algorithm])
+        axes.plot(xs, ys, marker="o", color=f"C{index}", label=algorithm)
+        axes.fill_between(xs, [y - e for y, e in zip(ys, spreads)], [y + e for y, e in zip(ys, spreads)],
+                          color=f"C{index}", alpha=0.2)
+    for target in report["config"]["targets"]:
+        axes.axhline(target, color="grey", linestyle=":", linewidth=1)
+    axes.set_xscale("log")
+    axes.set_xlabel("cumulative busy actor-seconds (all roles; log scale)")
     axes.set_ylabel("held-out greedy accuracy")
     axes.set_title("accuracy vs compute")
     axes.grid(alpha=0.3)
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def plot_targets(report: dict, path: Path) -> None:
+    """Busy actor-seconds to first reach each accuracy target, bars per algorithm (mean over the seeds that
+    reached it, whisker the std); a missing bar is a target no seed reached."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    summary, targets = report["summary"], report["config"]["targets"]
+    width = 0.8 / max(1, len(summary))
+    figure, axes = plt.subplots(figsize=(7, 4.5))
+    for index, (algorithm, s) in enumerate(summary.items()):
+        costs = [s.get(f"reach/{t}/actor_s") for t in targets]
+        xs = [i + (index - (len(summary) - 1) / 2) * width for i in range(len(targets))]
+        axes.bar(xs, [c["mean"] if c else 0.0 for c in costs], width, yerr=[c["std"] if c else 0.0 for c in costs],
+                 color=f"C{index}", capsize=3, label=algorithm)
+    axes.set_xticks(range(len(targets)), [f"≥ {t:.2f}" for t in targets])
+    axes.set_xlabel("held-out accuracy target")
+    axes.set_ylabel("busy actor-seconds to first reach it")
+    axes.set_title("cost to reach an accuracy")
     axes.legend()
     figure.tight_layout()
     figure.savefig(path, dpi=120)

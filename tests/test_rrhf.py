@@ -14,7 +14,6 @@ The loss itself is tested against closed forms in tests/test_losses.py.
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 
 import pytest
@@ -24,25 +23,12 @@ import torch
 from algorithms.rrhf import Config, dedupe_responses, drop_tied_queries, sample_responses, split_queries, train
 from rlcore.core.config import ConfigError, load_config
 from rlcore.core.tracking import read_metrics
-from rlcore.data.sources import write_task_data
-from rlcore.data.tasks import get_task, near_miss
+from rlcore.data.sources import write_task_data, write_task_rankings
+from rlcore.data.tasks import get_task
 from rlcore.models.loading import load_tokenizer
 from rlcore.runtime.cluster import init_ray
 
 CONFIG = Path(__file__).resolve().parents[1] / "launch" / "configs" / "rrhf_tiny.yaml"
-
-
-def rankings_file(path: Path, num_queries: int, seed: int = 0) -> Path:
-    """RRHF-format rows for `num_queries` train prompts: the answer (score 1) and two wrong ones (score 0), shuffled."""
-    rng = random.Random(seed)
-    with path.open("w") as out:
-        for example in get_task("arithmetic").examples("train", num_queries):
-            wrong = {str(near_miss(int(example.answer), rng)) for _ in range(10)} - {example.answer}
-            responses = [example.answer, *sorted(wrong)[:2]]
-            order = rng.sample(range(3), 3)
-            out.write(json.dumps({"query": example.prompt, "responses": [responses[i] for i in order],
-                                  "scores": [int(i == 0) for i in order]}) + "\n")
-    return path
 
 
 def tiny_config(*overrides: str, run_dir: Path) -> Config:
@@ -56,7 +42,7 @@ def tiny_config(*overrides: str, run_dir: Path) -> Config:
 def test_config_rejects_bad_modes(tmp_path):
     for overrides, key in [
         (["sources=[policy, data]", "data_path=x.jsonl", "rounds=1"], "sources"),
-        (["sources=[data]", "data_path=x.jsonl", "rounds=3"], "sources"),
+        (["sources=[data]", "rounds=1"], "sources"),
         (["sources=[second_model]"], "second_model"),
         (["sources=[beam]"], "sources[0]"),
     ]:
@@ -114,7 +100,7 @@ def test_rrhf_online_raises_heldout_accuracy(ray_cluster, tmp_path):
 
 
 def test_rrhf_one_model_from_rankings_file(ray_cluster, tmp_path):
-    path = rankings_file(tmp_path / "rankings.jsonl", num_queries=128)
+    path = write_task_rankings("arithmetic", tmp_path / "rankings.jsonl", 128)
     config = tiny_config("sources=[data]", f"data_path={path}", "rounds=1", "epochs=6", "queries_per_update=16",
                          "data.eval_size=128", run_dir=tmp_path)
     result = train(config)

@@ -310,6 +310,18 @@ def test_preference_pairs(task: Task) -> None:
         assert set(pair["rejected"]) <= set(task.alphabet())
 
 
+def test_rankings(task: Task) -> None:
+    """RRHF-format rows: the answer scored 1 and two distinct wrong answers scored 0, in varying order."""
+    rows = task.rankings("train", 200, seed=5)
+    assert rows == task.rankings("train", 200, seed=5)
+    assert [row["query"] for row in rows] == [pair["prompt"] for pair in task.preference_pairs("train", 200, 5)]
+    for row in rows:
+        assert sorted(row["scores"]) == [0, 0, 1] and len(set(row["responses"])) == 3
+        for response, score in zip(row["responses"], row["scores"]):
+            assert task.verify(row["query"], response) == score
+    assert len({row["scores"].index(1) for row in rows}) == 3  # the answer is not always in one place
+
+
 def test_judge_examples(task: Task) -> None:
     rows = task.judge_examples("heldout", 400, seed=4)
     assert all(split_of(row["prompt"]) == "heldout" for row in rows)

@@ -324,6 +324,15 @@ def write_task_data(name: str, folder: str | Path, train: int, heldout: int, see
     return paths
 
 
+def write_task_rankings(name: str, path: str | Path, n: int, seed: int = 0) -> str:
+    """A built-in task's first `n` train prompts ranked (`Task.rankings`: the answer and two plausible wrong
+    ones) as a JSONL file of {"query", "responses", "scores"}: RRHF's 1-model input."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(row) + "\n" for row in get_task(name).rankings("train", n, seed)))
+    return str(path)
+
+
 def prompt_text(prompt) -> str:
     """A prompt as plain text for rewards and logs: the text itself, or the chat turns as "role: content"
     lines (a single user turn is just its content)."""

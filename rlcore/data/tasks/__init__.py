@@ -117,6 +117,20 @@ class Task(ABC):
             for prompt in self._prompts(split, n, seed)
         ]
 
+    def rankings(self, split: str, n: int, seed: int, wrong: int = 2) -> list[dict]:
+        """`n` rows {"query", "responses", "scores"} in the RRHF repository's format: the right answer (score 1)
+        and up to `wrong` distinct plausible wrong ones (score 0), in a seeded random order."""
+        rng = random.Random(f"rankings:{seed}")
+        rows = []
+        for prompt in self._prompts(split, n, seed):
+            answer = self._answer_of(prompt)
+            wrongs = list(dict.fromkeys(w for w in (self._wrong_answer(prompt, rng) for _ in range(4 * wrong))
+                                        if w != answer))[:wrong]
+            scored = [(answer, 1), *((w, 0) for w in wrongs)]
+            rng.shuffle(scored)
+            rows.append({"query": prompt, "responses": [r for r, _ in scored], "scores": [s for _, s in scored]})
+        return rows
+
     def judge_examples(self, split: str, n: int, seed: int) -> list[dict]:
         """`n` dicts {"prompt", "response", "correct"}: about half right answers, half plausible wrong ones."""
         rng = random.Random(f"judge:{seed}")
