@@ -36,7 +36,8 @@ Where the numbers come from and what they leave out:
   round = self-rewarding iterations × prompts written per iteration (before its
   filter drops malformed and duplicate ones). RRHF 1-model reads that many rows
   of a rankings file the bench writes from the task's train prompts (the
-  answer scored 1, two plausible wrong ones 0: `Task.rankings`), one pass.
+  answer scored 1, two plausible wrong ones 0: `Task.rankings`), one pass; each
+  seed has its own file (other prompts, other wrong answers).
 - A target's cost is read at the evaluations (every `eval_every_prompts`), so
   it is an upper bound by up to one evaluation interval's compute. Responses per prompt follow each
   algorithm's own config, which is why tokens generated differ.
@@ -94,7 +95,10 @@ class BenchConfig:
     task: str = "arithmetic"
     """Task of training prompts and held-out evaluation (data.train=task:<name> of each)."""
     prompts: int = 512
-    """Training prompts every run sees in all."""
+    """Training prompts every run sees in all (unless `budgets` gives its entry another number)."""
+    budgets: dict[str, int] = field(default_factory=dict)
+    """Training prompts of particular entries instead of `prompts`, e.g. {self_rewarding: 4096} for one whose
+    accuracy has levelled off (or fallen) well before the others'."""
     prompts_per_step: int = 64
     """PPO prompts per step and RRHF queries per round (prompts / prompts_per_step steps or rounds)."""
     iterations: int = 4
@@ -130,31 +134,37 @@ class BenchConfig:
         if not self.algorithms or not self.seeds:
             raise ConfigError("algorithms, seeds: name at least one of each")
         check_range("prompts_per_step", self.prompts_per_step, 1)
-        check_range("prompts", self.prompts, self.prompts_per_step)
-        check_range("iterations", self.iterations, 1, self.prompts)
         check_range("eval_every_prompts", self.eval_every_prompts, self.prompts_per_step)
         check_range("eval_size", self.eval_size, 1)
-        if self.prompts % self.prompts_per_step or self.prompts % self.iterations:
-            raise ConfigError(f"prompts: {self.prompts} must be a multiple of prompts_per_step "
-                              f"({self.prompts_per_step}) and of iterations ({self.iterations}), so that every "
-                              f"algorithm sees the same number of prompts")
-        for entry in self.overrides:
-            check_choice("overrides", entry, sorted(self.configs))
+        for key, prompts in [("prompts", self.prompts), *((f"budgets.{e}", n) for e, n in self.budgets.items())]:
+            check_range(key, prompts, self.prompts_per_step)
+            check_range("iterations", self.iterations, 1, prompts)
+            if prompts % self.prompts_per_step or prompts % self.iterations:
+                raise ConfigError(f"{key}: {prompts} must be a multiple of prompts_per_step "
+                                  f"({self.prompts_per_step}) and of iterations ({self.iterations}), so that every "
+                                  f"algorithm sees the same number of prompts")
+        for key in ("overrides", "budgets"):
+            for entry in getattr(self, key):
+                check_choice(key, entry, sorted(self.configs))
+
+    def prompts_of(self, entry: str) -> int:
+        """Training prompts of `entry`'s runs."""
+        return self.budgets.get(entry, self.prompts)
 
 
 # ---------------------------------------------------------------------------- configs of the runs
 
 
-def budget_overrides(algorithm: str, bench: BenchConfig) -> list[str]:
-    """The keys that give `algorithm` the bench's prompt budget and evaluation schedule."""
-    steps = bench.prompts // bench.prompts_per_step
+def budget_overrides(algorithm: str, prompts: int, bench: BenchConfig) -> list[str]:
+    """The keys that give `algorithm` a budget of `prompts` and the bench's evaluation schedule."""
+    steps = prompts // bench.prompts_per_step
     eval_every = bench.eval_every_prompts // bench.prompts_per_step
     if algorithm == "ppo":
         return [f"steps={steps}", f"prompts_per_step={bench.prompts_per_step}", f"eval_every={eval_every}"]
     if algorithm == "rrhf":
         return [f"rounds={steps}", f"prompts_per_round={bench.prompts_per_step}", f"eval_every={eval_every}"]
     if algorithm == "self_rewarding":
-        return [f"iterations={bench.iterations}", f"new_prompts={bench.prompts // bench.iterations}"]
+        return [f"iterations={bench.iterations}", f"new_prompts={prompts // bench.iterations}"]
     raise ConfigError(f"algorithms: no prompt budget for {algorithm!r}")
 
 
@@ -183,7 +193,8 @@ def run_config(entry: str, seed: int, bench: BenchConfig, runs_dir: Path, rankin
               f"tracking.run_name={entry}-seed{seed}", f"tracking.wandb={str(bench.wandb).lower()}"]
     if algorithm == "rrhf" and raw.get("sources") == ["data"] and not raw.get("data_path"):
         shared.append(f"data_path={rankings}")
-    overrides = shared + budget_overrides(algorithm, bench) + list(bench.overrides.get(entry, []))
+    overrides = (shared + budget_overrides(algorithm, bench.prompts_of(entry), bench)
+                 + list(bench.overrides.get(entry, [])))
     return load_config(algorithm_module(algorithm).Config, path, overrides, ignore=("algorithm",))
 
 
@@ -257,10 +268,11 @@ def measure(entry: str, algorithm: str, seed: int, config: Any, targets: list[fl
 
 
 def first_reaching(curve: list[dict], target: float) -> dict | None:
-    """The first evaluation of `curve` whose accuracy is at least `target` (its step and cumulative actor-seconds,
-    wall and CPU), or None when none is."""
+    """The first evaluation after training began (step > 0) whose accuracy is at least `target` (its step and
+    cumulative actor-seconds, wall and CPU), or None when none is. A start that already meets the target (a
+    self-rewarding seed model M0 is stronger than the shared checkpoint) is not something the run bought."""
     return next(({key: point[key] for key in ("step", "actor_s", "actor_cpu_s")} for point in curve
-                 if point["accuracy"] >= target), None)
+                 if point["step"] > 0 and point["accuracy"] >= target), None)
 
 
 # ---------------------------------------------------------------------------- the whole bench
@@ -271,8 +283,10 @@ def run_bench(bench: BenchConfig) -> dict:
     report_dir = Path(bench.run_dir)
     report_dir.mkdir(parents=True, exist_ok=True)
     runs_dir = report_dir / "runs"
-    rankings = Path(write_task_rankings(bench.task, report_dir / f"rankings-{bench.task}.jsonl", bench.prompts))
-    configs = {(a, s): run_config(a, s, bench, runs_dir, rankings)
+    rows = max(bench.prompts_of(entry) for entry in bench.algorithms)
+    rankings = {seed: Path(write_task_rankings(bench.task, report_dir / f"rankings-{bench.task}-seed{seed}.jsonl",
+                                               rows, seed)) for seed in bench.seeds}
+    configs = {(a, s): run_config(a, s, bench, runs_dir, rankings[s])
                for a in bench.algorithms for s in bench.seeds}  # bad configs fail here, before anything runs
     seed_models = {a: prepare(configs[a, bench.seeds[0]]) for a in bench.algorithms}
     started_ray = not ray.is_initialized()
@@ -399,8 +413,9 @@ def markdown(report: dict) -> str:
             cells.append(f"{fmt(cost)} ({cost['n'] if cost else 0}/{s['actor_s']['n']})")
             cells.append("1" if algorithm == "ppo" and cost else fmt(ratio, 2))
         lines.append(f"| {algorithm} | " + " | ".join(cells) + " |")
-    lines += ["", f"{len(config['seeds'])} seed(s) {config['seeds']}; {config['prompts']} training prompts per run "
-              f"from `{config['model']}` on {config['task']}; held-out accuracy on {config['eval_size']} prompts "
+    budgets = "".join(f", {n} for {entry}" for entry, n in config["budgets"].items())
+    lines += ["", f"{len(config['seeds'])} seed(s) {config['seeds']}; {config['prompts']} training prompts per run"
+              f"{budgets} from `{config['model']}` on {config['task']}; held-out accuracy on {config['eval_size']} prompts "
               f"(greedy). Mean ± std over seeds. Bench wall time {report['wall_s']:,.0f} s on {report['cpus']} CPUs"
               f"{' + ' + report['gpu'] if report['gpu'] else ''}; 1-minute load average up to "
               f"{report['load_average_max']:.1f} during the runs."]

@@ -14,7 +14,8 @@ import json
 import pytest
 
 from launch import cli
-from launch.bench import first_reaching, summarize, versus_ppo
+from launch.bench import BenchConfig, budget_overrides, first_reaching, summarize, versus_ppo
+from rlcore.core.config import ConfigError, load_config
 
 ROLES = {"ppo": {"rollout", "reward", "reference", "critic", "learner"},
          "grpo": {"rollout", "reward", "reference", "learner"}, "rrhf": {"rollout", "reward", "learner"},
@@ -58,7 +59,7 @@ def test_report_has_cost_and_accuracy_of_every_algorithm(report_dir):
         assert run["best_accuracy"] == max(point["accuracy"] for point in run["curve"])
         for target in report["config"]["targets"]:
             reached = run["reached"][str(target)]
-            first = next((p for p in run["curve"] if p["accuracy"] >= target), None)
+            first = next((p for p in run["curve"][1:] if p["accuracy"] >= target), None)
             assert (reached is None) == (first is None), (target, reached)
             assert reached is None or (reached["step"], reached["actor_s"]) == (first["step"], first["actor_s"])
     ppo, grpo, rrhf, rrhf_1model, _ = report["runs"]
@@ -89,9 +90,11 @@ def test_cost_to_reach_a_target_and_its_ratio_to_ppo():
                 "reached": {"0.6": first_reaching(curve, 0.6), "0.9": first_reaching(curve, 0.9)}}
 
     runs = [run("ppo", 0, [(5, 0.5), (20, 0.61), (30, 0.58)]), run("ppo", 1, [(5, 0.5), (25, 0.59), (45, 0.6)]),
-            run("rrhf", 0, [(2, 0.5), (10, 0.7)]), run("rrhf", 1, [(2, 0.5), (10, 0.55)])]
+            run("rrhf", 0, [(2, 0.5), (10, 0.7)]), run("rrhf", 1, [(2, 0.5), (10, 0.55)]),
+            run("self_rewarding", 0, [(1, 0.65), (9, 0.3)])]  # its start met 0.6: not bought by training
     assert runs[0]["reached"]["0.6"] == {"step": 1, "actor_s": 20, "actor_cpu_s": 40}
     assert runs[1]["reached"]["0.6"]["actor_s"] == 45 and runs[3]["reached"]["0.6"] is None
+    assert runs[4]["reached"]["0.6"] is None
     assert all(r["reached"]["0.9"] is None for r in runs)
     ratios = versus_ppo(runs, [0.6, 0.9])
     assert ratios == {"rrhf": {"0.6": {"mean": 0.5, "std": 0.0, "min": 0.5, "max": 0.5, "n": 1}}}
@@ -103,3 +106,14 @@ def test_cost_to_reach_a_target_and_its_ratio_to_ppo():
     ppo = summarize(runs[:2], [0.6, 0.9])
     assert ppo["reach/0.6/actor_s"]["mean"] == 32.5 and ppo["reach/0.6/actor_s"]["n"] == 2
     assert "reach/0.9/actor_s" not in ppo
+
+
+def test_an_entry_can_have_its_own_budget():
+    bench = load_config(BenchConfig, "launch/configs/bench_tiny.yaml", ["prompts=8192", "budgets={self_rewarding: 1024}"])
+    assert budget_overrides("ppo", bench.prompts_of("ppo"), bench)[:2] == ["steps=128", "prompts_per_step=64"]
+    assert budget_overrides("self_rewarding", bench.prompts_of("self_rewarding"), bench) == [
+        "iterations=4", "new_prompts=256"]
+    with pytest.raises(ConfigError, match="budgets.self_rewarding"):
+        load_config(BenchConfig, "launch/configs/bench_tiny.yaml", ["budgets={self_rewarding: 1000}"])
+    with pytest.raises(ConfigError, match="budgets"):
+        load_config(BenchConfig, "launch/configs/bench_tiny.yaml", ["budgets={dpo: 1024}"])
