@@ -203,7 +203,8 @@ def prepare(config: Any) -> dict:
     its seed model M0 (both cached on disk). Returns M0's build stats (empty for the others)."""
     build_model(config.model.path)
     if hasattr(config, "seed_model") and config.seed_model.enabled:  # self-rewarding
-        return seed_checkpoint(config.model.path, task_name(config.data.train), config.seed_model)[1]
+        stats = seed_checkpoint(config.model.path, task_name(config.data.train), config.seed_model)[1]
+        return {key: value for key, value in stats.items() if key != "path"}  # a path of this machine
     return {}
 
 
