@@ -31,7 +31,14 @@ Departures from the paper:
   digit by digit), while the reference judge reaches 71-83 %.
 - Options beyond the paper, off by default: `nll_weight` adds an NLL term on the
   chosen responses (IRPO, Pang et al. 2024), `min_margin` drops pairs whose judge
-  scores are close.
+  scores are close, `judge_replay` interleaves SFT steps on fresh judge (EFT)
+  examples with the DPO steps, so that the judge keeps what the seed taught it
+  while the policy moves (replay against forgetting, as in continual learning:
+  Rolnick et al. 2019; Meta-Rewarding, Wu et al. 2024, trains the judge on
+  judgements instead).
+- Controls: `judge: verifier` pairs by the task's verifier (an upper bound on what
+  any judge can give), `judge: random` by random scores (a lower bound). Either
+  way the model's own judge is still measured at every evaluation.
 
 What was measured on the tiny arithmetic setup: with the tiny config (M0 = 1000 seed
 steps from the SFT checkpoint, held-out accuracy 52 %) the model's own judgements give
@@ -57,6 +64,7 @@ learnt by neither the policy nor the verdict judge in 1750 steps of 1M parameter
 from __future__ import annotations
 
 import json
+import math
 import random
 from dataclasses import dataclass, field, replace
 from functools import partial
@@ -76,8 +84,10 @@ from actors.learner import LearnerWorker
 from actors.rollout import RolloutWorker, Sampling
 from algorithms.self_rewarding_seed import (
     JUDGE_TEMPLATES,
+    MAX_SCORE,
     SeedConfig,
     best_vs_worst,
+    eft_examples,
     judge_quality,
     judge_score,
     pair_minibatches,
@@ -100,11 +110,15 @@ from rlcore.core.config import (
 from rlcore.data.sources import task_name
 from rlcore.data.tasks import get_task, split_of
 from rlcore.models.build import build_model
-from rlcore.models.loading import response_logprobs
+from rlcore.models.loading import load_tokenizer, response_logprobs
+from rlcore.models.sft import answer_batch
 from rlcore.rewards.judge import average_scores, judge_prompt
 from rlcore.runtime.cluster import init_ray, role_threads
 from rlcore.runtime.group import ActorGroup, gather, with_retries
 from rlcore.runtime.run import Run
+
+JUDGES = ("self", "verifier", "random")
+"""Who scores the candidates (`Config.judge`)."""
 
 
 @dataclass
@@ -139,6 +153,12 @@ class Config:
     """Sampling temperature of the judge."""
     judge_max_tokens: int = 4
     """Longest judgement (4 fits the compact " 5"; the rubric needs ~150)."""
+    judge: str = "self"
+    """Who scores the candidates: self (the paper: the current model as its judge), verifier (the task's
+    verifier: the upper-bound control) or random (seeded random scores: the lower-bound control)."""
+    judge_replay: int = 0
+    """Fresh judge (EFT) training examples per iteration, trained with SFT steps interleaved with the DPO steps
+    (0 = the paper's loop: the judge is only trained in M0)."""
     loss: str = "sigmoid"
     """Preference loss: sigmoid (DPO) or ipo."""
     beta: float = 0.1
@@ -161,6 +181,8 @@ class Config:
 
     def __post_init__(self) -> None:
         check_choice("loss", self.loss, sorted(losses.PREFERENCE_LOSSES))
+        check_choice("judge", self.judge, JUDGES)
+        check_range("judge_replay", self.judge_replay, 0)
         for key in ("iterations", "new_prompts", "seed_prompts", "judge_samples", "judge_max_tokens", "epochs",
                     "pairs_per_step", "judge_eval_prompts", "prompt_max_tokens"):
             check_range(key, getattr(self, key), 1)
@@ -241,6 +263,33 @@ def write_prompts(rollout_workers, task, requests: list[str], config: Config, se
     return list(kept), {**counts, "kept": len(kept)}
 
 
+def score_candidates(rollout_workers, task, prompts: list[str], responses: list[str], config: Config, seed: int
+                     ) -> tuple[list, int]:
+    """The candidates' scores by `config.judge`: the model's own judgements (`self_judge`), the verifier's score,
+    or a seeded random score; and the number of malformed judgements."""
+    if config.judge == "verifier":
+        return [verifier_score(task, p, r) for p, r in zip(prompts, responses)], 0
+    if config.judge == "random":
+        rng = random.Random(f"random-judge:{seed}")
+        return [rng.uniform(0, MAX_SCORE) for _ in prompts], 0
+    return self_judge(rollout_workers, prompts, responses, config, seed)
+
+
+def replay_objective(model, batch: Batch):
+    """Token-mean NLL of judge completions (EFT examples replayed during an iteration)."""
+    nll = losses.sft_loss(response_logprobs(model, batch), batch.response_mask)
+    return nll, {"judge_nll": nll}
+
+
+def replay_batches(task, tokenizer, config: Config, steps: int, seed: int) -> list[Batch]:
+    """`config.judge_replay` fresh EFT examples in `steps` batches (at least one example each; none when off)."""
+    if not config.judge_replay:
+        return []
+    examples = eft_examples(task, config.judge_replay, seed, config.seed_model.template)
+    size = max(1, math.ceil(len(examples) / max(steps, 1)))
+    return [answer_batch(tokenizer, examples[i : i + size]) for i in range(0, len(examples), size)]
+
+
 def self_judge(rollout_workers, prompts: list[str], responses: list[str], config: Config, seed: int | None = None
                ) -> tuple[list, int]:
     """LLM-as-a-Judge with the current weights: `judge_samples` judgements per response, parsed and averaged.
@@ -265,6 +314,7 @@ def train(config: Config) -> dict:
     task = get_task(task_name(config.data.train), seed=config.data.seed)
     seed_path, seed_stats = ((build_model(config.model.path), {}) if not config.seed_model.enabled else
                              seed_checkpoint(config.model.path, task.name, config.seed_model))
+    tokenizer = load_tokenizer(seed_path) if config.judge_replay else None
     init_ray()
     seed_prompts = task.few_shot_prompts(config.seed_prompts, config.seed)
     eval_prompts = [e.prompt for e in task.examples("heldout", config.data.eval_size)]
@@ -305,9 +355,9 @@ def train(config: Config) -> dict:
                     topology.rollout_workers, prompts, replace(Sampling.from_config(config.rollout), seed=seed)),
                     retries, "candidates", resync)
             with run.timer.phase("judge"):
-                scores, malformed = with_retries(lambda: self_judge(
-                    topology.rollout_workers, candidates.info["prompt"], candidates.info["response"], config, seed),
-                    retries, "judge", resync)
+                scores, malformed = with_retries(lambda: score_candidates(
+                    topology.rollout_workers, task, candidates.info["prompt"], candidates.info["response"], config,
+                    seed), retries, "judge", resync)
             with run.timer.phase("pairs"):
                 rows, pair_counts = best_vs_worst(candidates, scores, config.min_margin)
                 pairs = candidates.select(rows)
@@ -317,19 +367,26 @@ def train(config: Config) -> dict:
                     pairs.ref_logprobs = learner_logprobs(topology.learner, pairs)
                     gap = losses.logprob_gap(pairs.logprobs, pairs.ref_logprobs, pairs.response_mask)
             with run.timer.phase("dpo"):
-                stats, generator = [], torch.Generator().manual_seed(seed)
-                for _ in range(config.epochs):
-                    for minibatch in pair_minibatches(pairs, config.pairs_per_step, multiple, generator):
-                        stats += gather(topology.learner.shard(LearnerWorker.train_step, minibatch, objective,
-                                                               mean_over="groups"))
+                stats, replayed, generator = [], [], torch.Generator().manual_seed(seed)
+                minibatches = [minibatch for _ in range(config.epochs)
+                               for minibatch in pair_minibatches(pairs, config.pairs_per_step, multiple, generator)]
+                replay = replay_batches(task, tokenizer, config, len(minibatches), seed)
+                for index, minibatch in enumerate(minibatches):
+                    stats += gather(topology.learner.shard(LearnerWorker.train_step, minibatch, objective,
+                                                           mean_over="groups"))
+                    if index < len(replay):  # judge examples between DPO steps (judge_replay > 0)
+                        replayed += gather(topology.learner.shard(LearnerWorker.train_step, replay[index],
+                                                                  replay_objective, mean_over="tokens"))
             with run.timer.phase("sync"):
                 with_retries(resync, retries, "sync")
             with run.timer.phase("eval"):
                 row = evaluate(topology, task, eval_prompts, judge_set, config, f"M{iteration}")
             row.update({**{f"prompts_{k}": v for k, v in prompt_counts.items()}, **pair_counts,
-                        "judge_malformed": malformed, **verifier_view(task, candidates, pairs),
+                        "judge_malformed": malformed, **verifier_view(task, candidates, pairs, scores),
                         **{f"logprob_gap/{k}": float(v) for k, v in gap.items()},
-                        **{f"dpo/{k}": sum(s[k] for s in stats) / len(stats) for k in (stats[0] if stats else [])}})
+                        **{f"dpo/{k}": sum(s[k] for s in stats) / len(stats) for k in (stats[0] if stats else [])},
+                        **({"replay/judge_nll": sum(s["judge_nll"] for s in replayed) / len(replayed)}
+                           if replayed else {})})
             table.append(row)
             run.checkpoint(iteration, config.iterations, {"judge_set": judge_set, "table": table},
                            policy=topology.learner)
@@ -372,20 +429,29 @@ def evaluate(topology: Topology, task, eval_prompts, judge_set: dict, config: Co
             **judge_quality(judge_set["group"], scores, judge_set["truth"])}
 
 
-def verifier_view(task, candidates: Batch, pairs: Batch) -> dict:
-    """What the verifier says of an iteration's data (logged, never trained on): the candidates' accuracy and
-    how often the chosen and the rejected responses are right."""
+def verifier_view(task, candidates: Batch, pairs: Batch, scores: list) -> dict:
+    """What the verifier says of an iteration's data (logged, never trained on): the candidates' accuracy, how
+    often the chosen and the rejected responses are right, and the judge's pairwise accuracy and top pick on
+    these candidates, the current policy's own samples (`own_pairwise`, `own_top_pick`)."""
     def right(prompts: list[str], responses: list[str]) -> float:
         return sum(task.verify(p, r) for p, r in zip(prompts, responses)) / max(len(prompts), 1)
 
     prompts, responses = pairs.info["prompt"], pairs.info["response"]
-    return {"candidate_accuracy": right(candidates.info["prompt"], candidates.info["response"]),
+    truth = [verifier_score(task, p, r) for p, r in zip(candidates.info["prompt"], candidates.info["response"])]
+    own = judge_quality(candidates.group.tolist(), scores, truth)
+    return {"candidate_accuracy": sum(truth) / MAX_SCORE / max(len(truth), 1),
             "chosen_right": right(prompts[0::2], responses[0::2]),
-            "rejected_right": right(prompts[1::2], responses[1::2])}
+            "rejected_right": right(prompts[1::2], responses[1::2]),
+            "own_pairwise": own["pairwise_accuracy"], "own_top_pick": own["top_pick"]}
 
 
 TABLE_COLUMNS = ("model", "heldout_accuracy", "pairwise_accuracy", "top_pick", "exact_match", "spearman",
-                 "kendall_tau", "prompts_kept", "pairs", "chosen_right", "rejected_right")
+                 "kendall_tau", "prompts_kept", "pairs", "chosen_right", "rejected_right", "own_pairwise",
+                 "own_top_pick")
+"""The per-iteration table: held-out greedy accuracy; the model's own judge on the fixed judge-evaluation set
+(M0's candidates for held-out prompts: pairwise accuracy, top pick, exact match, Spearman, Kendall τ); the
+iteration's prompts kept and pairs; how often chosen and rejected are right; and the scores the pairs came from
+(`judge`: the model's own, the verifier's or random) on the iteration's own candidates."""
 
 
 def markdown_table(rows: list[dict]) -> str:

@@ -115,7 +115,7 @@ class BenchConfig:
         "grpo": "launch/configs/grpo_tiny.yaml",
         "rrhf": "launch/configs/rrhf_tiny.yaml",
         "rrhf_1model": "launch/configs/rrhf_rankings_tiny.yaml",
-        "self_rewarding": "launch/configs/self_rewarding_tiny.yaml",
+        "self_rewarding": "launch/configs/self_rewarding_arithmetic_tiny.yaml",
     })
     """Each entry's own config file (paths relative to the repository root or absolute). An RRHF config with
     `sources: [data]` and no data_path gets the bench's rankings file."""

@@ -101,7 +101,7 @@ def test_every_shipped_config_loads_with_its_algorithm():
         name = read_yaml(path).get("algorithm")
         if name:
             loaded[path.stem] = load_config(algorithm_module(name).Config, path, [], ignore=("algorithm",))
-    assert {"ppo_tiny", "ppo_file_tiny", "ppo_gsm8k_gpu", "rrhf_tiny", "self_rewarding_tiny"} <= set(loaded)
+    assert {"ppo_tiny", "ppo_file_tiny", "ppo_gsm8k_gpu", "rrhf_tiny", "self_rewarding_tiny", "self_rewarding_arithmetic_tiny"} <= set(loaded)
     gpu = loaded["ppo_gsm8k_gpu"]
     assert gpu.model.path == "Qwen/Qwen2.5-0.5B-Instruct" and gpu.data.train == "openai/gsm8k"
     rule = {"extract": gpu.reward.extract, "answer_extract": gpu.reward.answer_extract, "match": gpu.reward.match}

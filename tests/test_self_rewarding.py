@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import json
 import math
+import random
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -22,11 +24,14 @@ import pytest
 import ray
 import torch
 
-from algorithms.self_rewarding import Config, preference_objective, train
+from algorithms.self_rewarding import Config, preference_objective, replay_batches, score_candidates, train
+from algorithms.self_rewarding_seed import SeedConfig
 from rlcore.core import losses
 from rlcore.core.batch import make_batch
-from rlcore.core.config import ConfigError, load_config
-from rlcore.models.loading import response_logits, token_logprobs
+from rlcore.core.config import ConfigError, DataConfig, load_config
+from rlcore.data.tasks import get_task
+from rlcore.models.build import build_model
+from rlcore.models.loading import load_tokenizer, response_logits, token_logprobs
 from rlcore.runtime.cluster import init_ray
 
 CONFIG = Path(__file__).resolve().parents[1] / "launch" / "configs" / "self_rewarding_tiny.yaml"
@@ -83,6 +88,36 @@ def test_config_names_the_bad_key():
         Config(loss="hinge")
     with pytest.raises(ConfigError, match="n_samples"):
         load_config(Config, overrides=["rollout.n_samples=1"])
+
+
+def test_control_judges_score_by_the_verifier_or_at_random():
+    """The two controls need no model: the verifier's 5/0, and seeded random scores in [0, 5]."""
+    task = get_task("subset_sum")
+    prompt = task.examples("heldout", 1)[0].prompt
+    right, wrong = task.answer(prompt), task._wrong_answer(prompt, random.Random(0))
+    prompts, responses = [prompt] * 2, [right, wrong]
+    verifier = Config(judge="verifier", data=DataConfig(train="task:subset_sum"))
+    assert score_candidates(None, task, prompts, responses, verifier, seed=1) == ([5, 0], 0)
+    chance = Config(judge="random", data=DataConfig(train="task:subset_sum"))
+    scores, malformed = score_candidates(None, task, prompts * 50, responses * 50, chance, seed=1)
+    assert malformed == 0 and all(0 <= s <= 5 for s in scores) and len(set(scores)) == 100
+    assert scores == score_candidates(None, task, prompts * 50, responses * 50, chance, seed=1)[0]
+    assert 0.35 < sum(a > b for a, b in zip(scores[0::2], scores[1::2])) / 50 < 0.65  # right wins half the time
+    with pytest.raises(ConfigError, match="judge"):
+        Config(judge="oracle")
+
+
+def test_judge_replay_batches_hold_fresh_judge_traces():
+    config = Config(data=DataConfig(train="task:subset_sum"), judge_replay=10,
+                    seed_model=SeedConfig(template="trace"))
+    tokenizer = load_tokenizer(build_model("tiny:subset_sum"))
+    batches = replay_batches(get_task("subset_sum"), tokenizer, config, steps=4, seed=3)
+    assert [len(b) for b in batches] == [3, 3, 3, 1]
+    first = batches[0]
+    response = first.input_ids[0, first.input_ids.shape[1] - first.response_mask.shape[1]:]
+    text = tokenizer.decode(response[first.response_mask[0].bool()], skip_special_tokens=True)
+    assert text.rstrip().endswith(("1", "0")) and ("=" in text or "!" in text), text
+    assert replay_batches(get_task("subset_sum"), tokenizer, replace(config, judge_replay=0), 4, 3) == []
 
 
 # ---------------------------------------------------------------------------- end to end
