@@ -1,4 +1,5 @@
-"""`rlcore submit`: run a training config as a Ray job on a running cluster (a thin wrapper over `ray job submit`).
+"""`rlcore submit`: run a training (or bench) config as a Ray job on a running cluster (a thin wrapper over
+`ray job submit`).
 
     rlcore submit CONFIG.yaml [key=value ...] [--address URL] [--no-wait] [--python PATH] [--env KEY=VALUE ...]
 
@@ -16,6 +17,9 @@ What it runs is the plain command it prints first, which works by hand too:
   RAY_ADDRESS, then http://127.0.0.1:8265 (e.g. through `ray dashboard cluster.yaml`).
 - By default it follows the job's logs until it ends and exits 1 unless it SUCCEEDED;
   `--no-wait` returns as soon as the job is accepted.
+- A bench config (`algorithms: [...]`, no `algorithm:` key; launch/configs/bench_tiny.yaml) runs
+  `python -m launch.cli bench CONFIG ...` instead: `rlcore submit launch/configs/bench_tiny.yaml
+  model=Qwen/Qwen2.5-0.5B-Instruct --address ...`.
 
 The config is loaded here first, so a bad key fails at once instead of on the cluster.
 """
@@ -68,8 +72,15 @@ def config_in_working_dir(config: str, working_dir: Path) -> str:
 
 
 def check_config(config: str, overrides: list[str]) -> str:
-    """Load the config the way `rlcore train` will (fails fast on a bad key); returns the algorithm name."""
-    algorithm = read_yaml(config).get("algorithm")
+    """Load the config the way `rlcore train` (or `rlcore bench`) will, so a bad key fails here; returns the
+    algorithm's name, or "bench" for a bench config."""
+    raw = read_yaml(config)
+    if "algorithm" not in raw and "algorithms" in raw:
+        from launch.bench import BenchConfig
+
+        load_config(BenchConfig, config, overrides)
+        return "bench"
+    algorithm = raw.get("algorithm")
     try:
         module = algorithm_module(algorithm, where=config)
     except ValueError as err:
@@ -87,8 +98,10 @@ def submit_command(
     working_dir: Path = REPO_ROOT,
     env: dict[str, str] | None = None,
     no_wait: bool = False,
+    cli_command: str = "train",
 ) -> list[str]:
-    """The `ray job submit` command line that runs `python -m launch.cli train CONFIG overrides` as a job."""
+    """The `ray job submit` command line that runs `python -m launch.cli <cli_command> CONFIG overrides` as a
+    job (cli_command: train or bench)."""
     runtime_env: dict = {"excludes": UPLOAD_EXCLUDES}
     if env:
         runtime_env["env_vars"] = dict(env)
@@ -101,7 +114,7 @@ def submit_command(
     ]
     if no_wait:
         command.append("--no-wait")
-    return command + ["--", python, "-m", "launch.cli", "train", config, *overrides]
+    return command + ["--", python, "-m", "launch.cli", cli_command, config, *overrides]
 
 
 def job_status(address: str, submission_id: str) -> str:
@@ -128,7 +141,7 @@ def submit(
     address = address or default_address()
     submission_id = submission_id or f"rlcore-{algorithm}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
     command = submit_command(config_in_working_dir(config, working_dir), overrides, address, submission_id,
-                             python, working_dir, env, no_wait)
+                             python, working_dir, env, no_wait, "bench" if algorithm == "bench" else "train")
     print("+ " + shlex.join(command), flush=True)
     returncode = subprocess.run(command, cwd=working_dir).returncode
     try:

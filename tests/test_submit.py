@@ -21,7 +21,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from launch.submit import UPLOAD_EXCLUDES, submit_command
+from launch.submit import UPLOAD_EXCLUDES, check_config, submit_command
+from rlcore.core.config import ConfigError
 from rlcore.runtime.rendezvous import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -149,3 +150,13 @@ def test_submit_command_line(tmp_path):
     runtime_env = json.loads(options["--runtime-env-json"])
     assert runtime_env == {"excludes": UPLOAD_EXCLUDES, "env_vars": {"HF_TOKEN": "x"}}
     assert ".venv" in UPLOAD_EXCLUDES and "--no-wait" not in command
+
+
+def test_a_bench_config_is_submitted_as_a_bench():
+    assert check_config("launch/configs/bench_tiny.yaml", ["seeds=[0]", "model=Qwen/Qwen2.5-0.5B-Instruct"]) == "bench"
+    with pytest.raises(ConfigError, match="no_such_key"):
+        check_config("launch/configs/bench_tiny.yaml", ["no_such_key=1"])
+    command = submit_command("launch/configs/bench_tiny.yaml", ["seeds=[0]"], "http://head:8265", "job-2",
+                             cli_command="bench")
+    assert command[command.index("--") + 1 :] == ["python", "-m", "launch.cli", "bench",
+                                                  "launch/configs/bench_tiny.yaml", "seeds=[0]"]
