@@ -13,7 +13,7 @@ Each example is a task-style prompt and the completion the model learns to write
 
     IFT             "12+7="                              -> "19"
     EFT, compact    "12+7=19 score:"                     -> " 5"    COMPACT_JUDGE_TEMPLATE, tiny models
-    EFT, trace      "3 8 1 6 4>12=8+4 score:"            -> " 08@2 12@5 =12 1"   the task's own check
+    EFT, trace      "3 8 1 6 4>12=8+4 score:"            -> " 12 04@2 00@5 1"   the task's own check
     EFT, rubric     JUDGE_RUBRIC filled with the pair    -> "<justification>\\nScore: 5"    real models
     self-instruct   "12+7=\\n3-45=\\n61+22=\\n"          -> "47-18="   seed prompts one a line, then a new one
 
@@ -76,7 +76,7 @@ def judge_completion(score: int, template: str, reference: str = "", trace: str 
 
         compact     " 5"                         the score alone
         reference   " 19"                        its own answer; `judge_score` compares the response to it
-        trace       " 08@2 12@5 =12 1"           the task's step-by-step check (`judge_trace`), then the verdict
+        trace       " 12 04@2 00@5 1"            the task's step-by-step check (`judge_trace`), then the verdict
         rubric      "<justification>\nScore: 5"
     """
     if template == "compact":

@@ -69,8 +69,8 @@ def test_trace_eft_completion_is_the_tasks_check_and_scores_by_the_verifier():
         assert example.prompt == row["prompt"] + row["response"] + " score:"
         assert example.answer == " " + subset_sum.judge_trace(row["prompt"], row["response"])
         assert judge_score("trace", example.answer, row["response"]) == (MAX_SCORE if row["correct"] else 0)
-    assert judge_score("trace", " 03@1 12x =12 0", "3+9") == 0
-    for malformed in ["", " 1", " 08@2 12@5 =12", " 08@2 12@5 =12 2", " 08@2 12@5 =12 1x"]:
+    assert judge_score("trace", " 12 09@1 00x 0", "3+9") == 0
+    for malformed in ["", " 1", " 12 04@2 00@5", " 12 04@2 00@5 2", " 12 04@2 00@5 1x"]:
         assert judge_score("trace", malformed, "8+4") is None, malformed
     with pytest.raises(ValueError, match="template=trace needs a task that writes judge traces"):
         eft_examples(get_task("arithmetic"), 4, seed=1, template="trace")

@@ -1,14 +1,12 @@
 """Iterative self-rewarding DPO: its pure steps by hand, then the whole loop end to end on the tiny model.
 
-The end-to-end test builds (or finds cached) the seed model M0 — IFT + EFT +
-prompt writing on top of the SFT checkpoint — then runs two iterations under
-local Ray (vLLM-CPU rollout engine, DeepSpeed learner). Nothing in the loop sees
-the verifier: prompts are the model's own, and pairs come from its own
-judgements. It asserts what the loop does: the model writes mostly usable
-prompts, its judge beats chance against the verifier, the pairs it builds prefer
-right answers, and the per-iteration table is saved. It does not assert that
-held-out accuracy rises: on the tiny model it does not reliably (see the
-module docstring of algorithms/self_rewarding.py).
+The end-to-end test builds (or finds cached) the seed model M0 of the shipped config — IFT + EFT (subset-sum
+judge traces) + prompt writing on top of the SFT checkpoint — then runs one iteration under local Ray (vLLM-CPU
+rollout engine, DeepSpeed learner). Nothing in the loop sees the verifier: prompts are the model's own, and
+pairs come from its own judgements. It asserts what the loop does: the model writes mostly usable prompts, its
+judge beats chance against the verifier, the pairs it builds prefer right answers, held-out accuracy does not
+fall, the judge does not decay, and the per-iteration table is saved. The full runs and controls are measured
+in the README's self-rewarding section.
 """
 
 from __future__ import annotations
@@ -123,21 +121,26 @@ def test_judge_replay_batches_hold_fresh_judge_traces():
 # ---------------------------------------------------------------------------- end to end
 
 
-def test_two_iterations_build_pairs_from_the_models_own_judgements(ray_cluster, tmp_path):
+def test_one_iteration_on_subset_sum_learns_from_the_models_own_judgements(ray_cluster, tmp_path):
+    """The shipped config (subset sum, trace judge, seed model M0 built once and cached) shortened to one iteration
+    of 1024 written prompts. Nothing in the loop sees the verifier. Measured with 2048 prompts (seed 0):
+    M0 66.6 % -> M1 69.5 %, judge pairwise accuracy 0.62 -> 0.69, chosen right 0.53 vs rejected 0.18."""
     config = load_config(Config, CONFIG, [f"tracking.run_dir={tmp_path}", "tracking.run_name=run",
-                                          "tracking.wandb=false", "iterations=2"], ignore=("algorithm",))
+                                          "tracking.wandb=false", "iterations=1", "new_prompts=1024",
+                                          "judge_replay=1024", "data.eval_size=512"], ignore=("algorithm",))
     result = train(config)
-    table = result["table"]
-    assert [row["model"] for row in table] == ["M0", "M1", "M2"]
-    seed = table[0]
-    assert 0.3 <= seed["heldout_accuracy"] <= 0.95
-    assert seed["pairwise_accuracy"] > 0.5, "the seed judge should beat chance on its own candidates"
-    for row in table[1:]:
-        assert row["prompts_kept"] > 0.5 * config.new_prompts and row["pairs"] > 0
-        assert all(math.isfinite(row[key]) for key in ("heldout_accuracy", "spearman", "kendall_tau", "exact_match"))
-    first = table[1]
-    assert first["chosen_right"] > first["rejected_right"] + 0.1, "M0's own judge prefers right answers"
+    m0, m1 = result["table"]
+    assert (m0["model"], m1["model"]) == ("M0", "M1")
+    assert 0.5 <= m0["heldout_accuracy"] <= 0.9
+    assert m0["pairwise_accuracy"] > 0.55, "the seed judge should beat chance on its own candidates"
+    assert m1["prompts_kept"] > 0.5 * config.new_prompts and m1["pairs"] > 50
+    assert m1["chosen_right"] > m1["rejected_right"] + 0.2, "M0's own judge prefers right answers"
+    assert m1["own_pairwise"] > 0.55, "... on the samples it trains on, too"
+    assert m1["heldout_accuracy"] >= m0["heldout_accuracy"] - 0.01, "self-rewarding should not lose accuracy"
+    assert m1["pairwise_accuracy"] >= m0["pairwise_accuracy"] - 0.03, "nor its judge decay"
+    assert all(math.isfinite(m1[key]) for key in ("spearman", "kendall_tau", "exact_match", "top_pick"))
     assert result["usage/learner/tokens_trained"] > 0 and result["usage/rollout/tokens_generated"] > 0
+    assert m1["replay/judge_nll"] > 0
     saved = json.loads((tmp_path / "run" / "table.json").read_text())
-    assert [row["model"] for row in saved["iterations"]] == ["M0", "M1", "M2"]
-    assert "| M2 |" in (tmp_path / "run" / "table.md").read_text()
+    assert [row["model"] for row in saved["iterations"]] == ["M0", "M1"]
+    assert "| M1 |" in (tmp_path / "run" / "table.md").read_text()

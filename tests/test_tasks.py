@@ -241,11 +241,12 @@ def test_subset_sum_answers_and_malformed_prompts() -> None:
 
 def test_subset_sum_judge_trace_checks_sums_and_availability() -> None:
     task = get_task("subset_sum")
-    assert task.judge_trace("3 8 1 6 4>12=", "8+4") == "08@2 12@5 =12 1"
-    assert task.judge_trace("3 8 1 6 4>12=", "8+5") == "08@2 13x !12 0"
-    assert task.judge_trace("3 8 1 6 4>12=", "3+9") == "03@1 12x =12 0"  # the right sum, a digit not listed
-    assert task.judge_trace("3 8 1 6 4>12=", "6+6") == "06@4 12x =12 0"  # 6 listed once, used twice
-    assert task.judge_trace("3 8 1 6 4>12=", "twelve") == "? !12 0"
+    assert task.judge_trace("3 8 1 6 4>12=", "8+4") == "12 04@2 00@5 1"
+    assert task.judge_trace("3 8 1 6 4>12=", "8+5") == "12 04@2 -01x 0"
+    assert task.judge_trace("3 8 1 6 4>12=", "3+9") == "12 09@1 00x 0"  # the right sum, a digit not listed
+    assert task.judge_trace("3 8 1 6 4>12=", "6+6") == "12 06@4 00x 0"  # 6 listed once, used twice
+    assert task.judge_trace("3 8 1 6 4>12=", "8+1") == "12 04@2 03@3 0"  # not enough
+    assert task.judge_trace("3 8 1 6 4>12=", "twelve") == "12 ? 0"
     rng = random.Random(0)
     for example in task.examples("train", 300):  # the verdict is the verifier, right and wrong answers alike
         wrong = task._wrong_answer(example.prompt, rng)

@@ -121,7 +121,7 @@ def reference_score(judgement: str, response: str, max_score: int = 5) -> float 
 
 
 def trace_score(judgement: str, max_score: int = 5) -> float | None:
-    """A checked judgement (a task's `judge_trace`, e.g. "08@2 12@5 =12 1"): the judge writes each step of its
+    """A checked judgement (a task's `judge_trace`, e.g. "12 04@2 00@5 1"): the judge writes each step of its
     check and ends its first line with the verdict, 1 (right: max_score) or 0. None when that line has no step
     before a verdict, or ends in anything else."""
     words = judgement.strip().split("\n", 1)[0].split()

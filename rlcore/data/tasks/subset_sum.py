@@ -10,14 +10,18 @@ add up to the target. The reference answer is the shortest such subset, in list 
 subset reaches its target. With 5 digits there are 9^5 lists × ~30 targets (~1.5M prompts), sampled.
 
 The task exists for self-rewarding (Yuan et al. 2024), which needs a model that judges better than it
-answers: here the judge only adds and looks up, while the policy must search. `judge_trace` writes a
-check that covers every condition of correctness, as a judge model is trained to write it: for each term
-the running sum and the list position it uses (each position once), or "x" when the digit is not left in
-the list; then "=" or "!" with the target, and the verdict 1 or 0:
+answers: here the judge only subtracts and looks up, while the policy must search. `judge_trace` writes
+a check that covers every condition of correctness, as a judge model is trained to write it: the target,
+then for each term what is left of it and the list position the term uses (each position once), or "x"
+when the digit is not left in the list; then the verdict, 1 iff every term was listed and nothing is left:
 
-    "3 8 1 6 4>12=" "8+4"   ->  "08@2 12@5 =12 1"
-    "3 8 1 6 4>12=" "8+5"   ->  "08@2 13x !12 0"   (5 is not in the list: a sum check alone would miss
-                                                    "3+9" for target 12, the blind spot measured in #21)
+    "3 8 1 6 4>12=" "8+4"   ->  "12 04@2 00@5 1"
+    "3 8 1 6 4>12=" "8+5"   ->  "12 04@2 -01x 0"   (5 is not in the list: a sum check alone would miss
+                                                     "3+9" for target 12, the blind spot measured in #21)
+
+A count-down, not running sums: a judge that wrote the sum and then compared it with the target copied the
+target instead (on the tiny model's own samples, 100 of 115 wrong answers were called right, most of them
+"...14 =15 1"); here the verdict only needs the last remainder to be 00 and no step marked "x".
 """
 
 from __future__ import annotations
@@ -85,23 +89,23 @@ class SubsetSumTask(Task):
         digits, target = self.parse(prompt) or ([], 0)
         text = response.strip()
         if not digits or not _ANSWER.fullmatch(text):
-            return f"? !{target} 0"
+            return f"{target:02d} ? 0"
         left = dict(enumerate(digits, start=1))  # position -> digit, each position used once
-        steps, total, available = [], 0, True
+        steps, remainder, available = [f"{target:02d}"], target, True
         for term in map(int, text.split("+")):
-            total += term
+            remainder -= term
             position = next((p for p, d in left.items() if d == term), None)
+            value = f"{remainder:02d}" if remainder >= 0 else f"-{-remainder:02d}"
             if position is None:
                 available = False
-                steps.append(f"{total:02d}x")
+                steps.append(f"{value}x")
             else:
                 del left[position]
-                steps.append(f"{total:02d}@{position}")
-        right = available and total == target
-        return " ".join(steps) + f" {'=' if total == target else '!'}{target} {int(right)}"
+                steps.append(f"{value}@{position}")
+        return " ".join(steps) + f" {int(available and remainder == 0)}"
 
     def alphabet(self) -> str:
-        """Digits, space, ">", "=", "+" (the prompts and answers); judge traces add "@", "x", "!", "?"."""
+        """Digits, space, ">", "=", "+" (the prompts and answers); judge traces add "@", "x", "-", "?"."""
         return " +0123456789=>"
 
     def _random_prompt(self, rng: random.Random) -> str:
