@@ -40,8 +40,17 @@ Departures from the paper:
   any judge can give), `judge: random` by random scores (a lower bound). Either
   way the model's own judge is still measured at every evaluation.
 
-What was measured on the tiny arithmetic setup: with the tiny config (M0 = 1000 seed
-steps from the SFT checkpoint, held-out accuracy 52 %) the model's own judgements give
+What was measured on subset sum (launch/configs/self_rewarding_tiny.yaml; tables in the
+README's self-rewarding section): the trace judge of M0 (3000 seed steps) ranks its own
+samples with pairwise accuracy 0.62 and improves to 0.73 by M3 (judge replay); the
+policy gains 2-3 points at M1 (66.6 % -> 69.5 %) and then stays flat, as it does with
+the verifier as judge, while random judging loses 2 points. A judge trace of running
+sums then "=target" copied the target instead of comparing (100 of 115 wrong answers
+called right); the count-down trace fixed most of that. Three judge samples at T = 1
+(the paper's) judged worse than one greedy judgement (pairwise 0.54 vs 0.56 then).
+
+What was measured on the tiny arithmetic setup (self_rewarding_arithmetic_tiny.yaml:
+M0 = 1000 seed steps from the SFT checkpoint, held-out accuracy 52 %) the model's own judgements give
 pairs whose chosen answers are right more often than the rejected ones (43 % vs 23 %),
 but held-out accuracy falls over the iterations (52 % -> 50 % -> 43 %). The same held
 on a stronger M0 (75 %), with or without the NLL term or the margin filter. With the
