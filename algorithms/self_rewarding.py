@@ -290,13 +290,15 @@ def replay_objective(model, batch: Batch):
     return nll, {"judge_nll": nll}
 
 
-def replay_batches(task, tokenizer, config: Config, steps: int, seed: int) -> list[Batch]:
-    """`config.judge_replay` fresh EFT examples in `steps` batches (at least one example each; none when off)."""
+def replay_batches(task, tokenizer, config: Config, steps: int, seed: int, multiple: int = 1) -> list[Batch]:
+    """`config.judge_replay` fresh EFT examples in up to `steps` batches of at least `multiple` examples (one
+    for each learner rank; a smaller remainder is dropped); none when off."""
     if not config.judge_replay:
         return []
     examples = eft_examples(task, config.judge_replay, seed, config.seed_model.template)
-    size = max(1, math.ceil(len(examples) / max(steps, 1)))
-    return [answer_batch(tokenizer, examples[i : i + size]) for i in range(0, len(examples), size)]
+    size = max(multiple, math.ceil(len(examples) / max(steps, 1)))
+    chunks = [examples[i : i + size] for i in range(0, len(examples), size)]
+    return [answer_batch(tokenizer, chunk) for chunk in chunks if len(chunk) >= multiple]
 
 
 def self_judge(rollout_workers, prompts: list[str], responses: list[str], config: Config, seed: int | None = None
@@ -379,7 +381,7 @@ def train(config: Config) -> dict:
                 stats, replayed, generator = [], [], torch.Generator().manual_seed(seed)
                 minibatches = [minibatch for _ in range(config.epochs)
                                for minibatch in pair_minibatches(pairs, config.pairs_per_step, multiple, generator)]
-                replay = replay_batches(task, tokenizer, config, len(minibatches), seed)
+                replay = replay_batches(task, tokenizer, config, len(minibatches), seed, multiple)
                 for index, minibatch in enumerate(minibatches):
                     stats += gather(topology.learner.shard(LearnerWorker.train_step, minibatch, objective,
                                                            mean_over="groups"))

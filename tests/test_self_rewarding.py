@@ -116,6 +116,8 @@ def test_judge_replay_batches_hold_fresh_judge_traces():
     text = tokenizer.decode(response[first.response_mask[0].bool()], skip_special_tokens=True)
     assert text == eft_examples(get_task("subset_sum"), 10, seed=3, template="trace")[0].answer, text
     assert replay_batches(get_task("subset_sum"), tokenizer, replace(config, judge_replay=0), 4, 3) == []
+    two_ranks = replay_batches(get_task("subset_sum"), tokenizer, config, steps=8, seed=3, multiple=2)
+    assert [len(b) for b in two_ranks] == [2, 2, 2, 2, 2]  # every rank gets a row
 
 
 # ---------------------------------------------------------------------------- end to end
