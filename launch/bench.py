@@ -34,13 +34,15 @@ Where the numbers come from and what they leave out:
   which the wall time includes.
 - "Same prompts": PPO steps × prompts per step = RRHF rounds × queries per
   round = self-rewarding iterations × prompts written per iteration (before its
-  filter drops malformed and duplicate ones). RRHF 1-model reads that many rows
+  filter drops malformed and duplicate ones), unless `budgets` gives an entry
+  its own number. RRHF 1-model reads that many rows
   of a rankings file the bench writes from the task's train prompts (the
   answer scored 1, two plausible wrong ones 0: `Task.rankings`), one pass; each
-  seed has its own file (other prompts, other wrong answers).
+  seed has its own file (other prompts, other wrong answers). Responses per
+  prompt follow each algorithm's own config, which is why tokens generated
+  differ.
 - A target's cost is read at the evaluations (every `eval_every_prompts`), so
-  it is an upper bound by up to one evaluation interval's compute. Responses per prompt follow each
-  algorithm's own config, which is why tokens generated differ.
+  it is an upper bound by up to one evaluation interval's compute.
 - Self-rewarding's seed model M0 (IFT + EFT fine-tuning of the SFT checkpoint,
   done in the driver, cached on disk) is built before the clock starts, like the
   SFT checkpoint itself; its one-off cost is reported on its own.
