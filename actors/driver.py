@@ -3,6 +3,7 @@ weights, read what each role has spent."""
 
 from __future__ import annotations
 
+import ray
 import torch
 
 from actors.learner import LearnerWorker
@@ -187,7 +188,18 @@ class WeightSync:
             self.connect()
         version = gather(self.learner.map(LearnerWorker.steps_taken))[0]
         refs = [actor.receive_weights.remote(self.metadata, version) for actor in self.receivers]
-        gather(refs + self.learner.map(LearnerWorker.broadcast_weights))
+        try:
+            gather(refs + self.learner.map(LearnerWorker.broadcast_weights))
+        except ray.exceptions.RayTaskError as err:
+            # A receiver that dies mid-broadcast closes the collective under the learner as well ("connection
+            # closed by peer"): raise the death itself, which `with_retries` answers with a restart and a new group.
+            try:
+                ray.get(refs, timeout=60)
+            except ray.exceptions.RayActorError:
+                raise
+            except Exception:
+                pass
+            raise err
         self.pushed.append(version)
 
     @property
