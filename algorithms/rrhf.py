@@ -19,9 +19,10 @@ Modes. 2-model: a reward worker scores every response. 1-model: `sources: [data]
 with `data_path` a file in the RRHF repository's format {"query", "responses",
 "scores"}: nothing is sampled or scored (rollout workers, if any, only
 evaluate); `rounds: 1` trains on the whole file, `rounds > 1` on
-`prompts_per_round` of its rows a round, in order. Offline: `rounds: 1`, sample once with the starting policy, train
-`epochs` passes. Online / iterative (the paper's IP-n): `rounds > 1`, each round
-samples fresh queries with the current policy.
+`prompts_per_round` of its rows a round, in order. Offline: `rounds: 1`,
+sample once with the starting policy, train `epochs` passes. Online /
+iterative (the paper's IP-n): `rounds > 1`, each round samples fresh queries
+with the current policy.
 
 Departures from the paper:
 - Sampling: the paper uses beam search, diverse beam search and top-p; here

@@ -177,19 +177,14 @@ def config_path(entry: str, bench: BenchConfig) -> Path:
     return path
 
 
-def entry_algorithm(entry: str, bench: BenchConfig) -> str:
-    """The algorithm `entry`'s config file names (`algorithm:`), one the bench can budget."""
+def run_config(entry: str, seed: int, bench: BenchConfig, runs_dir: Path, rankings: Path) -> tuple[str, Any]:
+    """The algorithm `entry`'s config file names (`algorithm:`, one the bench can budget) and its Config: the
+    file, then the bench's shared settings, budget, seed and overrides (and the rankings file, for RRHF 1-model
+    without a data_path of its own)."""
     path = config_path(entry, bench)
-    algorithm = read_yaml(path).get("algorithm")
-    check_choice(f"{path}: algorithm", algorithm, sorted(BENCHED))
-    return algorithm
-
-
-def run_config(entry: str, seed: int, bench: BenchConfig, runs_dir: Path, rankings: Path) -> Any:
-    """`entry`'s Config: its own file, then the bench's shared settings, budget, seed and overrides (and the
-    rankings file, for RRHF 1-model without a data_path of its own)."""
-    path, algorithm = config_path(entry, bench), entry_algorithm(entry, bench)
     raw = read_yaml(path)
+    algorithm = raw.get("algorithm")
+    check_choice(f"{path}: algorithm", algorithm, sorted(BENCHED))
     shared = [f"model.path={bench.model}", f"data.train=task:{bench.task}", f"data.eval_size={bench.eval_size}",
               f"seed={seed}", f"rollout.seed={seed}", f"tracking.run_dir={runs_dir}",
               f"tracking.run_name={entry}-seed{seed}", f"tracking.wandb={str(bench.wandb).lower()}"]
@@ -197,7 +192,7 @@ def run_config(entry: str, seed: int, bench: BenchConfig, runs_dir: Path, rankin
         shared.append(f"data_path={rankings}")
     overrides = (shared + budget_overrides(algorithm, bench.prompts_of(entry), bench)
                  + list(bench.overrides.get(entry, [])))
-    return load_config(algorithm_module(algorithm).Config, path, overrides, ignore=("algorithm",))
+    return algorithm, load_config(algorithm_module(algorithm).Config, path, overrides, ignore=("algorithm",))
 
 
 def prepare(config: Any) -> dict:
@@ -291,18 +286,18 @@ def run_bench(bench: BenchConfig) -> dict:
                                                rows, seed)) for seed in bench.seeds}
     configs = {(a, s): run_config(a, s, bench, runs_dir, rankings[s])
                for a in bench.algorithms for s in bench.seeds}  # bad configs fail here, before anything runs
-    seed_models = {a: prepare(configs[a, bench.seeds[0]]) for a in bench.algorithms}
+    seed_models = {a: prepare(configs[a, bench.seeds[0]][1]) for a in bench.algorithms}
     started_ray = not ray.is_initialized()
     init_ray()
     start, runs, failures = time.perf_counter(), [], []
     try:
-        for (algorithm, seed), config in configs.items():
-            print(f"bench: {algorithm} seed {seed} (load {os.getloadavg()[0]:.1f})", flush=True)
+        for (entry, seed), (algorithm, config) in configs.items():
+            print(f"bench: {entry} seed {seed} (load {os.getloadavg()[0]:.1f})", flush=True)
             try:
-                runs.append(measure(algorithm, entry_algorithm(algorithm, bench), seed, config, bench.targets))
+                runs.append(measure(entry, algorithm, seed, config, bench.targets))
             except Exception as err:  # one failed run is reported; the others still run
                 traceback.print_exc()
-                failures.append({"algorithm": algorithm, "seed": seed, "error": f"{type(err).__name__}: {err}"})
+                failures.append({"algorithm": entry, "seed": seed, "error": f"{type(err).__name__}: {err}"})
     finally:
         if started_ray:
             ray.shutdown()
