@@ -131,6 +131,9 @@ def command_help(command: str, args: list[str]) -> str:
     """`rlcore COMMAND [CONFIG.yaml | ALGORITHM] --help`: every config field with type, default and docstring."""
     usage = f"rlcore {command} [CONFIG.yaml] [key.sub=value ...]\n\nconfig fields (defaults; a YAML file and "
     usage += "dotted overrides change them):\n"
+    if command == "themis-eval":
+        usage = usage.replace("[key.sub=value ...]", "[key.sub=value ...] [variants=tools,no_rationale,plain] "
+                                                     "[seeds=0,1]")
     if command in CONFIGS:
         return usage + config_help(CONFIGS[command]())
     names = [a for a in args if not a.startswith("-") and "=" not in a]

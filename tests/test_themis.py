@@ -17,8 +17,16 @@ from launch.themis_eval import compare
 from rlcore.models.loading import load_tokenizer
 from rlcore.models.tiny import build_tiny_lm
 from rlcore.rewards.tara import load_tara, render_trace
+from rlcore.rewards.themis.generated import (
+    CALENDAR_TOOLS,
+    calendar_templates,
+    generated_calculator_rows,
+    generated_calendar_rows,
+    generated_rows,
+    stated_value,
+)
 from rlcore.rewards.themis.model import ThemisModel, TinyLMSpec, score_segments
-from rlcore.rewards.themis.tool_loop import run_tool_traces
+from rlcore.rewards.themis.tool_loop import ToolTrace, run_tool_traces
 from rlcore.rewards.themis.trace import (
     OBSERVATION,
     Segment,
@@ -27,7 +35,15 @@ from rlcore.rewards.themis.trace import (
     render_segments,
     split_generated,
 )
-from rlcore.rewards.themis.training import ThemisConfig, make_pair_batch, themis_loss
+from rlcore.rewards.themis.training import (
+    ThemisConfig,
+    accuracy_by_type,
+    check_calls,
+    make_pair_batch,
+    question_type,
+    themis_loss,
+    train_themis,
+)
 from rlcore.rewards.tools import TOOLS, ToolContext
 
 TARA = Path(__file__).resolve().parents[1] / "data" / "tara"
@@ -213,27 +229,110 @@ def test_tool_loop_bounds_the_number_of_calls(tokenizer):
     assert len(observations) == 3
 
 
+# ---------------------------------------------------------------------- generated pairs and call checks
+
+
+def test_generated_calendar_rows_state_the_real_tools_result():
+    rows = load_tara(TARA / "calendar_train.jsonl")
+    templates = calendar_templates(rows)
+    assert {t.tool for t in templates} == set(CALENDAR_TOOLS) and len(templates) >= 300
+    generated = generated_calendar_rows(templates, 200, seed=3)
+    assert generated == generated_calendar_rows(templates, 200, seed=3)
+    for row in generated:
+        call = row.pos.tool_calls[0]
+        assert row.neg.tool_calls[0] == call
+        assert call.observation == TOOLS[call.action].run(call.action_input)
+        assert all(arg.strip().lstrip("-") in row.question for arg in call.action_input.split(","))
+        assert stated_value(row.pos.answer) == call.observation != stated_value(row.neg.answer)
+        assert row.pos.rationale.endswith("so the answer is right.") and row.neg.rationale.endswith("wrong.")
+        assert f"says {stated_value(row.neg.answer)} and the tool says {call.observation}" in row.neg.rationale
+        if call.action == "Calendar.target_day":  # the tool compares the dates: 0 days apart or not
+            pos_check, neg_check = row.pos.tool_calls[1], row.neg.tool_calls[1]
+            assert pos_check.observation == "0" != neg_check.observation
+            assert neg_check.action_input == f"{stated_value(row.neg.answer)}, {call.observation}"
+            assert f"{neg_check.observation} days apart, so the answer is wrong." in row.neg.rationale
+        else:
+            assert len(row.pos.tool_calls) == len(row.neg.tool_calls) == 1
+    offsets = [int(r.pos.tool_calls[0].action_input.split(",")[1]) for r in generated
+               if r.pos.tool_calls[0].action == "Calendar.target_day"]
+    assert min(offsets) < 0 < max(offsets)  # "before" questions get negative offsets
+    with pytest.raises(ValueError, match="no Calendar row"):
+        generated_calendar_rows([], 1, seed=0)
+
+
+def test_generated_calculator_rows_are_judged_by_the_real_tool():
+    rows = load_tara(TARA / "calculator_train.jsonl", limit=60)
+    generated = generated_calculator_rows(rows, 40, seed=0)
+    assert len(generated) == 40
+    for row in generated:
+        assert row.pos.tool_calls[0].observation == "Both the calculation and the answer are correct."
+        assert "does not match the predicted answer" in row.neg.tool_calls[0].observation
+        assert stated_value(row.neg.answer) != stated_value(row.pos.answer)
+        assert row.pos.tool_calls[0].action_input == row.neg.tool_calls[0].action_input == "Same as the answer"
+    assert len(generated_rows(rows, 10, seed=0)) == 10
+
+
+def test_check_calls_counts_right_inputs_and_observations(calendar_rows):
+    """Traces are the pos answers, then the neg answers; an input is right up to spacing, a missing call is not."""
+    rows = calendar_rows[:2]
+
+    def trace(call_input: str | None) -> ToolTrace:
+        if call_input is None:
+            return ToolTrace([Segment("context", "Q"), Segment("rationale", "Rationale: no call")])
+        text = f"Thought: t\nAction: {rows[0].pos.tool_calls[0].action}\nAction Input: {call_input}\n{OBSERVATION}"
+        observation = TOOLS[rows[0].pos.tool_calls[0].action].run(call_input)
+        return ToolTrace([Segment("context", "Q"), Segment("tool", text), Segment("observation", f" {observation}\n")])
+    right = rows[0].pos.tool_calls[0].action_input
+    spaced = right.replace(",", " ,  ")
+    check = check_calls(rows, [trace(right), trace(None), trace(spaced), trace("2001-01-01, 2001-01-02")])
+    assert (check.answers, check.inputs_right, check.observations_right) == (4, 2, 2)
+    assert question_type(rows[0]) == question_type(rows[1]) == "Calendar.day_difference"
+    assert accuracy_by_type(rows, [1.0, 0.0], [0.0, 0.0]) == {"Calendar.day_difference": 0.75}  # a tie counts ½
+
+
 # ---------------------------------------------------------------------- end to end, shortened
 
 
 def test_themis_eval_end_to_end_small(tmp_path):
-    """The calendar measurement (launch.themis_eval) in miniature: 20 rows, a 2-layer model, 2 epochs,
-    the three variants, the tool models evaluated with generated traces and real tool calls."""
+    """The calendar measurement (launch.themis_eval) in miniature: 20 rows and 16 generated pairs, a 2-layer
+    model, 2 epochs, the three variants over two seeds, the tool models evaluated with generated traces and
+    real tool calls."""
     import json
 
     with open(TARA / "calendar_train.jsonl") as source:
         (tmp_path / "rows.jsonl").write_text("".join(line for line, _ in zip(source, range(20))))
     config = ThemisConfig(data=str(tmp_path / "rows.jsonl"), tiny=SMALL, epochs=2, batch_size=8, max_new_tokens=24,
-                          output_dir=str(tmp_path / "eval"))
-    result = compare(config)
-    assert (result["train_pairs"], result["heldout_pairs"]) == (16, 4)
-    assert set(result["heldout_accuracy"]) == {"tools", "no_rationale", "plain"}
-    assert all(0 <= value <= 1 for value in result["heldout_accuracy"].values())
-    assert result["heldout_accuracy"]["plain"] == result["heldout_accuracy_recorded_traces"]["plain"]
-    assert result["tool_calls_without_error"]["plain"] is None
+                          restated=True, generated_pairs=16, output_dir=str(tmp_path / "eval"))
+    result = compare(config, seeds=(0, 1))
+    assert (result["train_pairs"], result["heldout_pairs"]) == (16 + 16, 4)
+    variants = result["variants"]
+    assert set(variants) == {"tools", "no_rationale", "plain"}
+    for entry in variants.values():
+        assert len(entry["accuracy"]["values"]) == 2
+        assert entry["accuracy"]["mean"] == pytest.approx(sum(entry["accuracy"]["values"]) / 2)
+        assert set(entry["by_type"]) <= {"Calendar.week_day", "Calendar.day_difference", "Calendar.target_day"}
+    assert variants["plain"]["accuracy"] == variants["plain"]["recorded_traces"]
+    assert variants["plain"]["call_inputs_right"]["mean"] is None
+    assert 0 <= variants["tools"]["call_inputs_right"]["mean"] <= 1
     saved = json.loads((tmp_path / "eval" / "themis_eval.json").read_text())
-    assert saved["heldout_accuracy"] == result["heldout_accuracy"]
-    for name in ("tools", "no_rationale"):
+    assert saved["variants"]["tools"]["accuracy"] == variants["tools"]["accuracy"]
+    for name in ("tools-seed0", "no_rationale-seed1"):
         assert (tmp_path / "eval" / name / "value_head.safetensors").exists()
         traces = (tmp_path / "eval" / name / "heldout_traces.jsonl").read_text().splitlines()
         assert len(traces) == 8 and all("Question:" in json.loads(t)["text"] for t in traces)
+
+
+def test_themis_learns_to_call_the_tool_with_the_questions_arguments(tmp_path):
+    """Trained on the TARA weekday rows plus generated pairs, Themis writes, for held-out TARA questions it
+    has not seen, the call with the question's date (from no right call at initialisation), and the real tool
+    answers it. (That it also learns to judge by the observation takes ~4,000 steps: the README's
+    `rlcore themis-eval` table, not a test.)"""
+    rows = [r for r in load_tara(TARA / "calendar_train.jsonl") if question_type(r) == "Calendar.week_day"]
+    config = ThemisConfig(heldout_fraction=0.25, restated=True, generated_pairs=800, epochs=3, batch_size=8,
+                          max_new_tokens=64, output_dir=str(tmp_path / "tools"))
+    result = train_themis(config, rows)
+    print(f"weekday pairs: call inputs right {result.heldout_call_inputs_right:.1%}, observations right "
+          f"{result.heldout_observations_right:.1%}, accuracy {result.heldout_accuracy_generated:.1%}, "
+          f"{result.seconds:.0f} s")
+    assert result.heldout_pairs == 32 and result.steps == 3 * -(-(98 + 800) // 8)
+    assert result.heldout_call_inputs_right >= 0.9 and result.heldout_observations_right >= 0.9

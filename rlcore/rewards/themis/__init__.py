@@ -41,6 +41,7 @@ and in scoring alike, so a generated trace is read exactly as a recorded one.
 
 Modules, by concern: `trace` (the trace format and its tokenisation), `model`
 (`ThemisModel`: LM + value head, save / load, scoring complete traces),
-`tool_loop` (generation interleaved with real tool calls), `training`
-(config, loss, accuracies, `train_themis`).
+`tool_loop` (generation interleaved with real tool calls), `generated`
+(more TARA-format pairs with fresh arguments and real tools; the restated
+trace), `training` (config, loss, accuracies and call checks, `train_themis`).
 """

@@ -25,11 +25,12 @@ from rlcore.models.build import build_model
 from rlcore.models.loading import load_tokenizer
 from rlcore.models.tiny import build_tiny_lm
 from rlcore.rewards.reward_model import right_pad, split_rows
-from rlcore.rewards.tara import TaraRow, load_tara
+from rlcore.rewards.tara import TaraRow, load_tara, observations_agree
+from rlcore.rewards.themis.generated import generated_rows, restate
 from rlcore.rewards.themis.model import ThemisModel, TinyLMSpec, score_segments
 from rlcore.rewards.themis.tool_loop import ToolTrace, score_with_tools
 from rlcore.rewards.themis.trace import encode_segments, example_segments, render_segments
-from rlcore.rewards.tools import TOOLS, Tool
+from rlcore.rewards.tools import TOOLS, Tool, parse_action, run_tool
 
 
 @dataclass
@@ -47,6 +48,14 @@ class ThemisConfig:
     rationale: bool = True
     """false: Themis without the rationale (the paper's w/o L_T ablation): the reward is read after the
     last observation."""
+    restated: bool = False
+    """true: train on a shaped trace (rlcore.rewards.themis.generated.restate): a short rationale that restates
+    the answer's value and the tool's result, then the verdict ("The answer says 279 and the tool says 1759,
+    so the answer is wrong.") instead of the recorded one; a second call after a target-date call that has
+    the tool compare the dates; "Same as the answer" as a calculator call's input."""
+    generated_pairs: int = 0
+    """TARA-format pairs added to the training split, made from its Calendar / calculator rows with fresh
+    arguments and real tool calls (rlcore.rewards.themis.generated); the held-out split is never used."""
     model: str = "tiny"
     """tiny: a tiny LM with a tokenizer trained on the training rows' text (shape below); else a causal LM
     folder or Hub name."""
@@ -88,6 +97,7 @@ class ThemisConfig:
         check_range("epochs", self.epochs, 1)
         check_range("batch_size", self.batch_size, 1)
         check_range("max_calls", self.max_calls, 0)
+        check_range("generated_pairs", self.generated_pairs, 0)
         for key in ("rank_weight", "tool_weight", "rationale_weight"):
             check_range(key, getattr(self, key), 0)
 
@@ -107,8 +117,14 @@ class ThemisResult:
     heldout_accuracy_generated: float | None
     """Held-out pairwise accuracy when the model writes its calls, the real tools run and it writes its
     rationale (None if not measured; for a plain RM it equals the recorded one)."""
-    heldout_tool_calls_valid: float | None
-    """Share of generated calls whose observation was not an error."""
+    heldout_accuracy_by_type: dict
+    """Held-out pairwise accuracy per question type (the tool the row calls): generated traces for a
+    tool model, question + answer for a plain one."""
+    heldout_call_inputs_right: float | None
+    """Share of held-out answers (with a recorded call) whose generated first call names the question's
+    tool and arguments, as the recorded call does."""
+    heldout_observations_right: float | None
+    """Share of those whose generated first observation equals the one the right call gives."""
     final_losses: dict
 
 
@@ -155,29 +171,80 @@ def pair_accuracy(pos: Sequence[float], neg: Sequence[float]) -> float:
     return sum(1.0 if p > n else 0.5 if p == n else 0.0 for p, n in zip(pos, neg)) / max(1, len(pos))
 
 
-def recorded_accuracy(model: ThemisModel, tokenizer, rows: list[TaraRow], use_tools: bool,
-                      max_length: int = 512, rationale: bool = True) -> float:
-    """Held-out pairwise accuracy on the recorded traces (teacher forcing)."""
+def question_type(row: TaraRow) -> str:
+    """The tool the row's positive answer calls first ("no tool" if none): the breakdown of the results."""
+    return row.pos.tool_calls[0].action if row.pos.tool_calls else "no tool"
+
+
+def accuracy_by_type(rows: list[TaraRow], pos: Sequence[float], neg: Sequence[float]) -> dict[str, float]:
+    """Pairwise accuracy per `question_type`."""
+    groups: dict[str, list[int]] = {}
+    for index, row in enumerate(rows):
+        groups.setdefault(question_type(row), []).append(index)
+    return {kind: pair_accuracy([pos[i] for i in group], [neg[i] for i in group])
+            for kind, group in sorted(groups.items())}
+
+
+def recorded_rewards(model: ThemisModel, tokenizer, rows: list[TaraRow], use_tools: bool,
+                     max_length: int = 512, rationale: bool = True) -> tuple[list[float], list[float]]:
+    """Rewards of the pos and of the neg answers with the recorded traces (teacher forcing)."""
     pos = score_segments(model, tokenizer, [example_segments(r.question, r.pos, use_tools, rationale)
                                             for r in rows], max_length=max_length)
     neg = score_segments(model, tokenizer, [example_segments(r.question, r.neg, use_tools, rationale)
                                             for r in rows], max_length=max_length)
-    return pair_accuracy(pos.tolist(), neg.tolist())
+    return pos.tolist(), neg.tolist()
 
 
-def generated_accuracy(model: ThemisModel, tokenizer, rows: list[TaraRow], config: ThemisConfig,
-                       tools: Mapping[str, Tool] = TOOLS) -> tuple[float, float, list[ToolTrace]]:
-    """(pairwise accuracy, share of calls without an error observation, traces) with generated traces and
-    real tool calls; traces are the pos answers then the neg answers."""
+def _same_input(a: str, b: str) -> bool:
+    return [part.strip() for part in a.strip().strip('"').split(",")] == \
+        [part.strip() for part in b.strip().strip('"').split(",")]
+
+
+@dataclass
+class CallCheck:
+    """Whether the model's first call was the right one, against the recorded call of the same answer."""
+
+    answers: int = 0
+    """Answers whose recorded trace has a call."""
+    inputs_right: int = 0
+    """... whose generated first call names the same tool and arguments."""
+    observations_right: int = 0
+    """... whose generated first observation equals the one the recorded call gives with the real tool."""
+
+
+def check_calls(rows: list[TaraRow], traces: list[ToolTrace], tools: Mapping[str, Tool] = TOOLS) -> CallCheck:
+    """Traces are the pos answers, then the neg answers, of `rows` (as `generated_rewards` returns them)."""
+    check = CallCheck()
+    answers = [(r, r.pos) for r in rows] + [(r, r.neg) for r in rows]
+    for (row, answer), trace in zip(answers, traces):
+        if not answer.tool_calls:
+            continue
+        check.answers += 1
+        recorded = answer.tool_calls[0]
+        segments = trace.segments
+        first = next((i for i, s in enumerate(segments[:-1]) if s.kind == "tool"
+                      and segments[i + 1].kind == "observation"), None)
+        if first is None:
+            continue
+        parsed = parse_action(segments[first].text)
+        if parsed and parsed.action == recorded.action and _same_input(parsed.action_input, recorded.action_input):
+            check.inputs_right += 1
+        right = run_tool(recorded.action, recorded.action_input, row.tool_context(answer), tools)
+        check.observations_right += observations_agree(right, segments[first + 1].text)
+    return check
+
+
+def generated_rewards(model: ThemisModel, tokenizer, rows: list[TaraRow], config: ThemisConfig,
+                      tools: Mapping[str, Tool] = TOOLS) -> tuple[list[float], list[float], list[ToolTrace]]:
+    """Rewards of the pos and of the neg answers when the model writes its calls and the real tools run,
+    and the traces (pos answers, then neg answers)."""
     questions = [r.question for r in rows] * 2
     answers = [r.pos.answer for r in rows] + [r.neg.answer for r in rows]
     contexts = [r.tool_context(r.pos) for r in rows] + [r.tool_context(r.neg) for r in rows]
     traces = score_with_tools(model, tokenizer, questions, answers, contexts, tools, config.max_calls,
                               config.max_new_tokens, config.tool_timeout_s, max_length=config.max_length)
     rewards = [t.reward for t in traces]
-    observations = [s.text.strip() for t in traces for s in t.segments if s.kind == "observation"]
-    valid = sum(not o.startswith("Error:") for o in observations) / max(1, len(observations))
-    return pair_accuracy(rewards[: len(rows)], rewards[len(rows) :]), valid, traces
+    return rewards[: len(rows)], rewards[len(rows) :], traces
 
 
 def variant_name(config: ThemisConfig) -> str:
@@ -193,6 +260,10 @@ def train_themis(config: ThemisConfig, rows: list[TaraRow] | None = None) -> The
         torch.set_num_threads(config.threads)
     rows = rows if rows is not None else load_tara(config.data)
     train, heldout = split_rows(rows, config.heldout_fraction, config.split_seed)
+    if config.restated:
+        train, heldout = [restate(r) for r in train], [restate(r) for r in heldout]
+    if config.generated_pairs:
+        train = train + generated_rows(train, config.generated_pairs, config.seed)
     out = Path(config.output_dir or f"runs/themis-{time.strftime('%Y%m%d-%H%M%S')}")
     if config.model == "tiny":
         texts = [render_segments(example_segments(r.question, a, True)) for r in train for a in (r.pos, r.neg)]
@@ -223,10 +294,16 @@ def train_themis(config: ThemisConfig, rows: list[TaraRow] | None = None) -> The
             bar.set_postfix(loss=f"{stats['loss']:.3f}", rank=f"{stats['rank_loss']:.3f}")
     bar.close()
     final_losses = {key: sum(s[key] for s in recent) / len(recent) for key in recent[0]}
-    recorded = recorded_accuracy(model, tokenizer, heldout, config.use_tools, config.max_length, config.rationale)
-    generated, valid = None, None
+    pos, neg = recorded_rewards(model, tokenizer, heldout, config.use_tools, config.max_length, config.rationale)
+    recorded = pair_accuracy(pos, neg)
+    generated, by_type, inputs_right, observations_right = None, accuracy_by_type(heldout, pos, neg), None, None
     if config.use_tools and config.eval_generate:
-        generated, valid, traces = generated_accuracy(model, tokenizer, heldout, config)
+        pos, neg, traces = generated_rewards(model, tokenizer, heldout, config)
+        generated, by_type = pair_accuracy(pos, neg), accuracy_by_type(heldout, pos, neg)
+        check = check_calls(heldout, traces)
+        if check.answers:
+            inputs_right = check.inputs_right / check.answers
+            observations_right = check.observations_right / check.answers
         out.mkdir(parents=True, exist_ok=True)
         with open(out / "heldout_traces.jsonl", "w") as file:
             for trace in traces:
@@ -235,7 +312,8 @@ def train_themis(config: ThemisConfig, rows: list[TaraRow] | None = None) -> The
     elif not config.use_tools:
         generated = recorded
     result = ThemisResult(str(out), config.use_tools, config.rationale, len(train), len(heldout), total,
-                          round(time.time() - start, 1), recorded, generated, valid, final_losses)
+                          round(time.time() - start, 1), recorded, generated, by_type, inputs_right,
+                          observations_right, final_losses)
     model.save(out, tokenizer, {"config": asdict(config), "result": asdict(result)})
     return result
 

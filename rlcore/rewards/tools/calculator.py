@@ -5,7 +5,8 @@ unary +/- and parentheses only. Names, calls, attributes, comparisons, bit
 operations and anything else are refused; exponents and integer sizes are
 bounded before they are computed, so "9**9**9" is refused rather than run.
 
-The tool has two modes, chosen by its action input:
+The tool has two modes, chosen by its action input ("Same as the answer" stands for the
+annotations of the answer under judgement, `ToolContext.answer`):
 
 * TARA mode, for input like "<<62+70=132>>132, <<2*62=124>>124" (the
   annotations of a GSM8K-style answer, joined by ", "), or any input when the
@@ -163,12 +164,24 @@ def check_annotations(action_input: str, golden: float) -> str:
     )
 
 
+SAME_AS_ANSWER = "Same as the answer"
+_ANNOTATION = re.compile(r"<<[^<>]*>>[-\d.]*")
+
+
+def answer_annotations(answer: str) -> str:
+    """The <<expr=value>>value annotations of a GSM8K-style answer, joined by ", " as TARA's action inputs are."""
+    return ", ".join(match.rstrip(".") for match in _ANNOTATION.findall(answer))
+
+
 class Calculator:
-    """`calculator`: checks GSM8K annotations against the golden answer, or evaluates one expression."""
+    """`calculator`: checks GSM8K annotations against the golden answer, or evaluates one expression. The
+    action input "Same as the answer" (as code_run's) checks the annotations of the answer under judgement."""
 
     name = "calculator"
 
     def run(self, action_input: str, context: ToolContext = NO_CONTEXT) -> str:
+        if action_input.strip() == SAME_AS_ANSWER:
+            action_input = answer_annotations(context.answer)
         if "<<" not in action_input and not context.reference_answer:
             return str(evaluate(action_input))
         golden = golden_number(context.reference_answer)
