@@ -23,6 +23,7 @@ from rlcore.rewards.themis.generated import (
     generated_calculator_rows,
     generated_calendar_rows,
     generated_rows,
+    restate,
     stated_value,
 )
 from rlcore.rewards.themis.model import ThemisModel, TinyLMSpec, score_segments
@@ -258,6 +259,8 @@ def test_generated_calendar_rows_state_the_real_tools_result():
     assert min(offsets) < 0 < max(offsets)  # "before" questions get negative offsets
     with pytest.raises(ValueError, match="no Calendar row"):
         generated_calendar_rows([], 1, seed=0)
+    # train_themis generates from the rows as recorded: restated ones lose the target-date templates
+    assert "Calendar.target_day" not in {t.tool for t in calendar_templates([restate(r) for r in rows])}
 
 
 def test_generated_calculator_rows_are_judged_by_the_real_tool():

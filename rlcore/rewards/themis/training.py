@@ -260,10 +260,12 @@ def train_themis(config: ThemisConfig, rows: list[TaraRow] | None = None) -> The
         torch.set_num_threads(config.threads)
     rows = rows if rows is not None else load_tara(config.data)
     train, heldout = split_rows(rows, config.heldout_fraction, config.split_seed)
+    # generated pairs come from the rows as recorded: a restated target-date row has two calls and a restated
+    # calculator call no annotations, so neither would make a template
+    generated = generated_rows(train, config.generated_pairs, config.seed) if config.generated_pairs else []
     if config.restated:
         train, heldout = [restate(r) for r in train], [restate(r) for r in heldout]
-    if config.generated_pairs:
-        train = train + generated_rows(train, config.generated_pairs, config.seed)
+    train = train + generated
     out = Path(config.output_dir or f"runs/themis-{time.strftime('%Y%m%d-%H%M%S')}")
     if config.model == "tiny":
         texts = [render_segments(example_segments(r.question, a, True)) for r in train for a in (r.pos, r.neg)]
